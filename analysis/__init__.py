@@ -1,0 +1,1 @@
+"""Gather job results into tables and workbooks (`sweep collect`). Never imports torch."""

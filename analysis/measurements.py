@@ -1,0 +1,129 @@
+"""The seed study's sheet: one block per method, a column per bit width, a row per Task(metric).
+
+Layout (reference/measurements.xlsx): row 1 empty; each block starts with a header row
+`<method display name>, 8, 7, ..., 1, Bits`, then one row per Task(metric) that has a result in
+the block, in the seed's order; an empty cell where no run gave a result, the string `nan` where
+the metric is NaN; two empty rows between blocks. Runs that share a cell (seeds) are averaged.
+Methods without a bit width (fp32) get one column, 32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from analysis.baselines import collapse_reason
+from analysis.results import Run
+from quantlib.configs import METHODS
+
+BITS = [8, 7, 6, 5, 4, 3, 2, 1]
+FP_BITS = [32]
+# (task, metric, row label), in the seed spreadsheet's order
+ROWS: list[tuple[str, str, str]] = [
+    ("cola", "matthews_correlation", "CoLA(mcc)"),
+    ("mnli", "accuracy", "MNLI(acc)"),
+    ("mnli", "accuracy_mm", "MNLI-mm(acc)"),
+    ("qnli", "accuracy", "QNLI(acc)"),
+    ("qqp", "accuracy", "QQP(acc)"),
+    ("qqp", "combined_score", "QQP(acc_f1)"),
+    ("qqp", "f1", "QQP(f1)"),
+    ("rte", "accuracy", "RTE(acc)"),
+    ("sst2", "accuracy", "SST-2(acc)"),
+    ("stsb", "combined_score", "STS-B(corr)"),
+    ("stsb", "pearson", "STS-B(pearson)"),
+    ("stsb", "spearmanr", "STS-B(spearmanr)"),
+    ("wnli", "accuracy", "WNLI"),
+    ("mrpc", "accuracy", "MRPC(acc)"),
+    ("mrpc", "combined_score", "MRPC(acc_f1)"),
+    ("mrpc", "f1", "MRPC(f1)"),
+]
+# configuration that never splits a block: the sheet's own axes, seeds (averaged), bookkeeping
+NOT_BLOCK_KEYS = {"task", "nbits", "seed", "method", "data_dir", "dataset_name",
+                  "max_train_samples", "max_eval_samples", "logging_steps", "save_model"}
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    collapsed: list[str] = field(default_factory=list)
+
+    @property
+    def value(self) -> float | str:
+        mean = sum(self.values) / len(self.values)
+        return "nan" if math.isnan(mean) else mean
+
+
+@dataclass
+class Block:
+    title: str
+    bits: list[int]
+    cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
+
+
+def _block_keys(runs: list[Run]) -> list[str]:
+    """Configuration keys that vary between runs of the same method (they split blocks)."""
+    by_method: dict[str, dict[str, set[str]]] = {}
+    for run in runs:
+        seen = by_method.setdefault(run.method, {})
+        for key, value in run.config.items():
+            seen.setdefault(key, set()).add(repr(value))
+    keys = set()
+    for seen in by_method.values():
+        keys |= {k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_BLOCK_KEYS}
+    return sorted(keys)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    names = list(METHODS)
+    return (names.index(method), "") if method in names else (len(names), method)
+
+
+def build_blocks(runs: list[Run]) -> list[Block]:
+    done = [r for r in runs if r.state == "completed" and r.metrics]
+    split = _block_keys(done)
+    blocks: dict[tuple, Block] = {}
+    for run in sorted(done, key=lambda r: _method_order(r.method)):
+        extra = tuple((k, run.config.get(k)) for k in split)
+        key = (_method_order(run.method), extra)
+        if key not in blocks:
+            entry = METHODS.get(run.method)
+            title = entry.display if entry else run.method
+            if extra:
+                title += " (" + ", ".join(f"{k}={v}" for k, v in extra) + ")"
+            blocks[key] = Block(title, BITS if run.nbits is not None else FP_BITS)
+        block = blocks[key]
+        bits = run.nbits if run.nbits is not None else 32
+        reason = collapse_reason(run.task, run.metrics)
+        for task, metric, label in ROWS:
+            if task == run.task and metric in run.metrics and bits in block.bits:
+                cell = block.cells.setdefault((label, bits), Cell())
+                cell.values.append(run.metrics[metric])
+                if reason:
+                    cell.collapsed.append(f"{run.output_dir.name}: {reason}")
+    return [blocks[k] for k in sorted(blocks, key=lambda k: (k[0], repr(k[1])))]
+
+
+def sheet_rows(blocks: list[Block]) -> list[tuple[list[Any], dict[int, Cell]]]:
+    """Rows of the sheet (row 1 first): cell values, plus the Cells behind row columns
+    (0-based column -> Cell) so the writer can mark collapsed runs."""
+    rows: list[tuple[list[Any], dict[int, Cell]]] = [([], {})]
+    for i, block in enumerate(blocks):
+        if i:
+            rows += [([], {}), ([], {})]
+        rows.append(([block.title, *block.bits, "Bits"], {}))
+        labels = {label for label, _ in block.cells}
+        for _, _, label in ROWS:
+            if label not in labels:
+                continue
+            values: list[Any] = [label]
+            cells: dict[int, Cell] = {}
+            for col, bits in enumerate(block.bits, start=1):
+                cell = block.cells.get((label, bits))
+                values.append(cell.value if cell else None)
+                if cell:
+                    cells[col] = cell
+            while values and values[-1] is None:
+                values.pop()
+            rows.append((values, cells))
+    return rows

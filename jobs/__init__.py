@@ -1,0 +1,1 @@
+"""The sweep engine: specs, grid expansion, the ledger, job scripts and backends."""

@@ -1,0 +1,113 @@
+"""`sweep launch`: expand a spec, render its scripts, and run or show what would be submitted."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import IO
+
+from jobs.errors import UserError
+from jobs.grid import Job, expand
+from jobs.ledger import Ledger
+from jobs.local import LocalRun, visible_gpus
+from jobs.scripts import label, render_arrays, render_local, write_configs
+from jobs.spec import Spec, load_spec
+
+
+def _rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
+    head = ["job id", "task", "method", "nbits", "output dir"] + (["state"] if states else [])
+    rows = [[j.id, str(j.get("task")), str(j.get("method")), str(j.get("nbits", "-")),
+             _rel(j.output_dir)] + ([states[j.id]] if states else []) for j in jobs]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [head, *rows])
+
+
+def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
+    sweep_dir = Path(spec.sweep_dir).absolute()
+    configs = write_configs(spec, jobs, sweep_dir)
+    print(f"sweep {spec.name}: {len(jobs)} jobs (dry run, backend {backend}; nothing submitted)",
+          file=out)
+    print(job_table(jobs), file=out)
+    print(f"\nscripts in {_rel(sweep_dir / 'scripts')}; would run:", file=out)
+    if backend == "local":
+        for job in jobs:
+            script = render_local(spec, job, configs[job.id], sweep_dir)
+            print(f"  bash {shlex.quote(_rel(script))}", file=out)
+    else:
+        for script in render_arrays(backend, spec, jobs, configs, sweep_dir):
+            cmd = "bsub <" if backend == "lsf" else "sbatch"
+            print(f"  {cmd} {shlex.quote(_rel(script))}", file=out)
+    return 0
+
+
+def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = False,
+           max_parallel: int | None = None, sweep_dir: str | None = None,
+           out: IO[str] = sys.stdout) -> int:
+    spec = load_spec(spec_path)
+    if sweep_dir:
+        spec.sweep_dir = sweep_dir
+    jobs = expand(spec)
+    if dry:
+        return dry_run(spec, jobs, backend, out)
+    if backend != "local":
+        raise UserError(f"--backend {backend}: submitting to the cluster is not part of this "
+                        "version; render the job array with --dry-run, or run with --backend "
+                        "local")
+    return run_local(spec, jobs, force=force, max_parallel=max_parallel, out=out)
+
+
+def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | None,
+              out: IO[str]) -> int:
+    sweep_dir = Path(spec.sweep_dir).absolute()
+    ledger = Ledger(sweep_dir)
+    res = spec.resources
+    gpus = visible_gpus()
+    if res.gpus > 0 and gpus and res.gpus > len(gpus):
+        raise UserError(f"{spec.path}: resources.gpus: each job asks for {res.gpus} GPUs but "
+                        f"this machine shows {len(gpus)}")
+    pool = gpus if (gpus and res.gpus > 0) else []
+    if max_parallel is None:
+        max_parallel = max(1, len(pool) // res.gpus) if pool else 1
+    with ledger.locked():
+        ledger.register(spec.name, spec.path, jobs)
+        states = {j.id: ledger.refresh(j) for j in jobs}
+        ledger.save()
+        todo = [j for j in jobs if force or states[j.id] != "completed"]
+        done = len(jobs) - len(todo)
+        print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
+              f"{' (rerun: --force)' if done and not force else ''}, {len(todo)} to run "
+              f"locally, at most {max_parallel} at once"
+              + (f" on GPUs {','.join(pool)}" if pool else " on CPU"), file=out)
+        if res.gpus > 0 and not gpus:
+            print(f"sweep: note: the spec asks for {res.gpus} GPU(s) per job and none is "
+                  "visible: running on CPU", file=out)
+        print(f"logs in {_rel(sweep_dir / 'logs')}, ledger {_rel(ledger.path)}", file=out,
+              flush=True)
+        if not todo:
+            return 0
+        configs = write_configs(spec, todo, sweep_dir)
+        work = [(j, render_local(spec, j, configs[j.id], sweep_dir), label(spec, j))
+                for j in todo]
+        runner = LocalRun(ledger, work, max_parallel, res.gpus if pool else 0, pool,
+                          sweep_dir / "logs")
+        rc = runner.run()
+        c = runner.counts
+        print(f"sweep {spec.name}: {c['completed']} completed, {c['failed']} failed, "
+              f"{c['interrupted']} interrupted; collect with: sweep collect "
+              f"{shlex.quote(_rel(sweep_dir))} --to xlsx", file=out)
+        failed = [j for j in todo if ledger.jobs[j.id]["state"] != "completed"]
+        for j in failed[:10]:
+            entry = ledger.jobs[j.id]
+            print(f"  {entry['state']}: {j.id} {label(spec, j)}: {entry.get('reason')} "
+                  f"(log: {_rel(Path(entry.get('log', '')))})", file=out)
+        return rc

@@ -1,0 +1,169 @@
+"""The local backend: jobs as subprocesses on this machine, one GPU set each, bounded parallelism.
+
+Children run in their own sessions so that Ctrl-C reaches only this launcher, which forwards
+SIGINT to every running job (each records `interrupted` in its status), waits, and marks them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from jobs.grid import Job
+from jobs.ledger import Ledger
+from quantlib.outputs import is_complete, read_status
+
+GRACE_SECONDS = 60.0
+POLL_SECONDS = 0.2
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids jobs may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class _Running:
+    job: Job
+    proc: subprocess.Popen
+    gpus: list[str]
+    log: IO[bytes]
+    start: float
+
+
+@dataclass
+class LocalRun:
+    ledger: Ledger
+    jobs: list[tuple[Job, Path, str]]  # (job, script, label)
+    max_parallel: int
+    gpus_per_job: int
+    gpu_pool: list[str]
+    log_dir: Path
+    stream: IO[str] = sys.stderr
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "completed": 0, "failed": 0, "interrupted": 0})
+    _interrupted: bool = False
+
+    def run(self) -> int:
+        """Run everything; return 0 when all completed, 1 if any failed, 130 if interrupted."""
+        pending = list(self.jobs)
+        running: dict[str, _Running] = {}
+        free = list(self.gpu_pool)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while (pending and not self._interrupted) or running:
+                while pending and not self._interrupted and len(running) < self.max_parallel:
+                    if self.gpu_pool and len(free) < self.gpus_per_job:
+                        break
+                    job, script, label = pending.pop(0)
+                    gpus = [free.pop(0) for _ in range(self.gpus_per_job)] if self.gpu_pool else []
+                    running[job.id] = self._start(job, script, gpus)
+                    self._progress(len(running), len(pending), f"started {label}")
+                if self._interrupted:
+                    self._stop(running)
+                for jid, r in list(running.items()):
+                    if r.proc.poll() is None:
+                        continue
+                    state = self._finish(r)
+                    free += r.gpus
+                    del running[jid]
+                    label = next(lbl for j, _, lbl in self.jobs if j.id == jid)
+                    self._progress(len(running), len(pending),
+                                   f"{state} {label} ({time.monotonic() - r.start:.0f}s)")
+                time.sleep(POLL_SECONDS)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if self._interrupted:
+            return 130
+        return 1 if self.counts["failed"] else 0
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self._interrupted:  # second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        self._interrupted = True
+        print("\nsweep: interrupted: stopping running jobs (Ctrl-C again to kill them)",
+              file=self.stream, flush=True)
+
+    def _start(self, job: Job, script: Path, gpus: list[str]) -> _Running:
+        env = dict(os.environ)
+        if self.gpu_pool or self.gpus_per_job == 0:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.max_parallel))
+        log_path = self.log_dir / f"{job.id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        entry = self.ledger.jobs[job.id]
+        self.ledger.update(job.id, state="running", backend="local", pid=proc.pid, gpus=gpus,
+                           log=str(log_path), attempts=entry.get("attempts", 0) + 1,
+                           exit_status=None, reason=None)
+        return _Running(job, proc, gpus, log, time.monotonic())
+
+    def _finish(self, r: _Running) -> str:
+        r.log.close()
+        rc = r.proc.returncode
+        status = read_status(r.job.output_dir) or {}
+        if rc == 0 and is_complete(r.job.output_dir):
+            state, reason = "completed", None
+        elif self._interrupted or status.get("state") == "interrupted":
+            state, reason = "interrupted", status.get("reason") or "stopped by Ctrl-C"
+        else:
+            state = "failed"
+            reason = status.get("reason") or (
+                f"exit status {rc}" if rc else "exited 0 without results")
+        self.counts[state] += 1
+        self.ledger.update(r.job.id, state=state, exit_status=rc, reason=reason, pid=None)
+        return state
+
+    def _stop(self, running: dict[str, _Running]) -> None:
+        for r in running.values():
+            if r.proc.poll() is None:
+                try:
+                    os.killpg(r.proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + GRACE_SECONDS
+        try:
+            while any(r.proc.poll() is None for r in running.values()):
+                if time.monotonic() > deadline:
+                    raise KeyboardInterrupt
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            for r in running.values():
+                if r.proc.poll() is None:
+                    try:
+                        os.killpg(r.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    r.proc.wait()
+
+    def _progress(self, running: int, left: int, event: str) -> None:
+        c = self.counts
+        line = (f"[{self.ledger.data.get('sweep', '')}] done {c['completed']} | running "
+                f"{running} | failed {c['failed']} | left {left}   ({event})")
+        if self.stream.isatty():
+            self.stream.write("\r\033[K" + line)
+            if not running and not left:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()

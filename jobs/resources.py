@@ -1,0 +1,169 @@
+"""The `resources` section of a spec: what each job asks of the cluster, in explicit units."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.errors import SpecError
+from quantlib.configs import suggest
+
+MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+TIME_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\s*$")
+MEM_FACTOR = {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024 * 1024}
+
+
+@dataclass
+class LsfOptions:
+    gpu_syntax: str = "gpu"  # "gpu": -gpu "num=N:mode=exclusive_process"; "rusage": site resource
+    gpu_resource: str = "ngpus_excl_p"  # the site resource name for gpu_syntax: rusage
+    mem_per: str = "host"  # rusage[mem] is per host or per core at this site
+    warn_minutes: int = 0  # -wa USR2 -wt N before the run limit (0 = off)
+    extra: list[str] = field(default_factory=list)  # raw option lines, as '#BSUB <line>'
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    constraint: str | None = None
+    gpu_syntax: str = "gres"  # "gres": --gres=gpu:N; "gpus": --gpus-per-node=N
+    signal_seconds: int = 90  # --signal=USR2@N
+    extra: list[str] = field(default_factory=list)  # raw option lines, as '#SBATCH <line>'
+
+
+@dataclass
+class Resources:
+    gpus: int = 0
+    cpus: int = 1
+    mem_mb: int = 4096
+    time_minutes: int = 240
+    queue: str | None = None  # LSF queue, SLURM partition unless slurm.partition is set
+    project: str | None = None  # LSF -P, SLURM --account unless slurm.account is set
+    array_parallelism: int | None = None
+    lsf: LsfOptions = field(default_factory=LsfOptions)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    @property
+    def time_hhmm(self) -> str:
+        return f"{self.time_minutes // 60}:{self.time_minutes % 60:02d}"
+
+    @property
+    def time_slurm(self) -> str:
+        days, minutes = divmod(self.time_minutes, 24 * 60)
+        clock = f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+        return f"{days}-{clock}" if days else clock
+
+
+def parse_mem(value: Any) -> int:
+    """Megabytes from 8164, '8164MB', '16G', '16GiB'."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    m = MEM_RE.match(str(value))
+    if not m:
+        raise ValueError
+    return max(1, round(float(m.group(1)) * MEM_FACTOR[m.group(2).upper()]))
+
+
+def parse_time(value: Any) -> int:
+    """Minutes from 240, '4:00' (H:MM), '4:00:00' (H:MM:SS) or '1-00:00' (D-H:MM)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    m = TIME_RE.match(str(value))
+    if not m:
+        raise ValueError
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    if minutes >= 60 or seconds >= 60:
+        raise ValueError
+    return days * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def _options(raw: Any, cls: type, path: str, where: str) -> Any:
+    if raw is None:
+        return cls()
+    defaults = cls()
+    allowed = list(vars(defaults))
+    if not isinstance(raw, dict):
+        raise SpecError(path, where, f"must be a mapping with keys {', '.join(allowed)}")
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise SpecError(path, f"{where}.{key}", f"unknown key{suggest(key, allowed)}; "
+                                                    f"allowed: {', '.join(allowed)}")
+        default = getattr(defaults, key)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SpecError(path, f"{where}.{key}", "must be a list of option strings")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SpecError(path, f"{where}.{key}", f"{value!r} is not a whole number >= 0")
+        elif value is not None and not isinstance(value, str):
+            raise SpecError(path, f"{where}.{key}", f"{value!r} is not a string")
+        kwargs[key] = value
+    opts = cls(**kwargs)
+    for line in getattr(opts, "extra", []):
+        if "\n" in line or "\r" in line or not line.strip():
+            raise SpecError(path, f"{where}.extra", f"{line!r}: each option must be one "
+                                                    "non-empty line")
+    gpu_resource = getattr(opts, "gpu_resource", "x")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(gpu_resource)):
+        raise SpecError(path, f"{where}.gpu_resource", f"{gpu_resource!r} is not an LSF "
+                                                        "resource name")
+    choices = {"gpu_syntax": ("gpu", "rusage") if cls is LsfOptions else ("gres", "gpus"),
+               "mem_per": ("host", "core")}
+    for key, allowed_values in choices.items():
+        if hasattr(opts, key) and getattr(opts, key) not in allowed_values:
+            raise SpecError(path, f"{where}.{key}", f"{getattr(opts, key)!r} is not allowed; "
+                                                    f"allowed: {', '.join(allowed_values)}")
+    return opts
+
+
+def parse_resources(raw: Any, path: str) -> Resources:
+    if raw is None:
+        return Resources()
+    allowed = ["gpus", "cpus", "mem", "time", "queue", "partition", "project", "account",
+               "array_parallelism", "lsf", "slurm"]
+    if not isinstance(raw, dict):
+        raise SpecError(path, "resources", f"must be a mapping with keys {', '.join(allowed)}")
+    res = Resources()
+    for key, value in raw.items():
+        where = f"resources.{key}"
+        if key not in allowed:
+            raise SpecError(path, where, f"unknown key{suggest(key, allowed)}; "
+                                         f"allowed: {', '.join(allowed)}")
+        if key in ("gpus", "cpus", "array_parallelism"):
+            lo = 0 if key == "gpus" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise SpecError(path, where, f"{value!r} is not a whole number >= {lo}")
+            setattr(res, key, value)
+        elif key == "mem":
+            try:
+                res.mem_mb = parse_mem(value)
+            except ValueError:
+                raise SpecError(path, where, f"{value!r} is not a memory size: write MB as "
+                                             "a number (8164) or with a unit (8164MB, 16GB)"
+                                ) from None
+        elif key == "time":
+            try:
+                res.time_minutes = parse_time(value)
+            except ValueError:
+                raise SpecError(path, where, f"{value!r} is not a wall time: write minutes (240),"
+                                             " H:MM (4:00), H:MM:SS or D-H:MM") from None
+            if res.time_minutes < 1:
+                raise SpecError(path, where, "must be at least one minute")
+        elif key in ("queue", "partition", "project", "account"):
+            if not isinstance(value, str) or not value:
+                raise SpecError(path, where, f"{value!r} is not a non-empty string")
+            setattr(res, {"partition": "queue", "account": "project"}.get(key, key), value)
+        elif key == "lsf":
+            res.lsf = _options(value, LsfOptions, path, where)
+        else:
+            res.slurm = _options(value, SlurmOptions, path, where)
+    return res

@@ -1,0 +1,105 @@
+"""Render job scripts from the jinja2 templates; write per-job runtime configs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from jobs.atomic import write_json, write_text
+from jobs.grid import Job
+from jobs.spec import Spec
+from quantlib.configs import with_defaults
+
+MAX_ARRAY = 1000  # LSF MAX_JOB_ARRAY_SIZE default; SLURM MaxArraySize default is 1001
+PATH_KEYS = ("data_dir",)
+MAYBE_PATH_KEYS = ("model_name_or_path", "tokenizer_name")
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(files("templates"))),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+_env.filters["q"] = lambda v: shlex.quote(str(v))
+
+
+@dataclass(frozen=True)
+class ScriptJob:
+    id: str
+    label: str
+    array_index: int
+    config_path: Path
+
+
+def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
+    """The full configuration the job runs with: defaults filled in, local paths absolute."""
+    config = with_defaults(job.config)
+    for key in PATH_KEYS:
+        if config.get(key):
+            config[key] = str(Path(config[key]).absolute())
+    for key in MAYBE_PATH_KEYS:
+        value = config.get(key)
+        if value and Path(value).exists():
+            config[key] = str(Path(value).absolute())
+    config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir))
+    return config
+
+
+def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for job in jobs:
+        path = sweep_dir / "configs" / f"{job.id}.json"
+        write_json(path, runtime_config(spec, job))
+        paths[job.id] = path
+    return paths
+
+
+def label(spec: Spec, job: Job) -> str:
+    return ",".join(f"{a}={job.config[a]}" for a in spec.axes if a in job.config)
+
+
+def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
+    return {"sweep": spec.name, "spec_path": str(Path(spec.path).absolute()),
+            "workdir": str(Path.cwd()), "python": sys.executable, "res": spec.resources,
+            "log_dir": str(sweep_dir / "logs")}
+
+
+def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+    path = sweep_dir / "scripts" / f"{job.id}.sh"
+    text = _env.get_template("job.sh.j2").render(
+        **_common(spec, sweep_dir), script_path=str(path), index_var=None,
+        jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
+    write_text(path, text, mode=0o755)
+    return path
+
+
+def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+                  sweep_dir: Path) -> list[Path]:
+    """One array script per chunk of at most MAX_ARRAY jobs (`kind`: lsf or slurm)."""
+    template = _env.get_template(f"{kind}_array.sh.j2")
+    base = 1 if kind == "lsf" else 0  # LSF array indices start at 1, SLURM's at 0
+    chunks = [jobs[i:i + MAX_ARRAY] for i in range(0, len(jobs), MAX_ARRAY)]
+    res = spec.resources
+    lsf_mem = res.mem_mb
+    if res.lsf.mem_per == "core":
+        lsf_mem = -(-res.mem_mb // res.cpus)
+    paths = []
+    for n, chunk in enumerate(chunks, 1):
+        name = spec.name if len(chunks) == 1 else f"{spec.name}.{n}"
+        path = sweep_dir / "scripts" / f"{kind}_array_{n}.sh"
+        text = template.render(
+            **_common(spec, sweep_dir), script_path=str(path), array_name=name,
+            index_var="LSB_JOBINDEX" if kind == "lsf" else "SLURM_ARRAY_TASK_ID",
+            parallelism=res.array_parallelism, first=chunk[0].index, last=chunk[-1].index,
+            total=len(jobs), lsf_mem=f"{lsf_mem}MB",
+            jobs=[ScriptJob(j.id, label(spec, j), base + i, configs[j.id])
+                  for i, j in enumerate(chunk)])
+        write_text(path, text, mode=0o755)
+        paths.append(path)
+    return paths

@@ -1,0 +1,189 @@
+"""Sweep specs: load a YAML file safely and validate every key, naming file and key on error."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.errors import SpecError
+from jobs.resources import Resources, parse_resources
+from quantlib.configs import all_keys, suggest
+
+TOP_KEYS = ("name", "description", "grid", "zip", "exclude", "include", "base", "output_dir",
+            "sweep_dir", "resources")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RANGE_RE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+JOB_PLACEHOLDERS = ("job_id", "name")
+
+
+@dataclass
+class Spec:
+    path: str
+    name: str
+    grid: dict[str, list[Any]]
+    zips: list[dict[str, list[Any]]]
+    exclude: list[dict[str, Any]]
+    include: list[dict[str, Any]]
+    base: dict[str, Any]
+    output_dir: str | None
+    sweep_dir: str
+    resources: Resources
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def axes(self) -> list[str]:
+        """Axes in spec order: grid, then zipped groups, then keys only include points set."""
+        out = list(self.grid)
+        for group in self.zips:
+            out += [k for k in group if k not in out]
+        for point in self.include:
+            out += [k for k in point if k not in out]
+        return out
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(path, "", f"cannot read the spec ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(path, where, f"invalid YAML: {problem}") from None
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError(path, "", "a spec is a mapping with keys " + ", ".join(TOP_KEYS))
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SpecError(path, str(key), f"unknown key{suggest(key, TOP_KEYS)}; "
+                                            f"allowed: {', '.join(TOP_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError(path, "name", f"{name!r} must be 1-100 characters of A-Z a-z 0-9 . _ - "
+                                      "(it names cluster jobs)")
+    known = all_keys()
+
+    def check_arg(where: str, key: Any) -> None:
+        if key not in known:
+            raise SpecError(path, where, f"unknown trainer argument {key!r}"
+                                         f"{suggest(key, sorted(known))}")
+
+    grid_raw = raw.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise SpecError(path, "grid", "must map axis names to lists of values or ranges (1..8)")
+    grid = {}
+    for axis, values in grid_raw.items():
+        check_arg(f"grid.{axis}", axis)
+        grid[axis] = _axis_values(path, f"grid.{axis}", values)
+
+    zip_raw = raw.get("zip") or []
+    if isinstance(zip_raw, dict):
+        zip_raw = [zip_raw]
+    if not isinstance(zip_raw, list):
+        raise SpecError(path, "zip", "must be a list of mappings {axis: [values...]} whose "
+                                     "lists have equal length")
+    zips: list[dict[str, list[Any]]] = []
+    seen = set(grid)
+    for i, group in enumerate(zip_raw):
+        where = f"zip[{i}]"
+        if not isinstance(group, dict) or len(group) < 2:
+            raise SpecError(path, where, "must map two or more axes to lists of equal length")
+        parsed = {}
+        for axis, values in group.items():
+            check_arg(f"{where}.{axis}", axis)
+            if axis in seen:
+                raise SpecError(path, f"{where}.{axis}", "axis already appears in grid or zip")
+            seen.add(axis)
+            parsed[axis] = _axis_values(path, f"{where}.{axis}", values)
+        lengths = {k: len(v) for k, v in parsed.items()}
+        if len(set(lengths.values())) != 1:
+            raise SpecError(path, where, "zipped lists differ in length: "
+                            + ", ".join(f"{k}={n}" for k, n in lengths.items()))
+        zips.append(parsed)
+
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise SpecError(path, "base", "must map trainer arguments to values")
+    for key in base:
+        check_arg(f"base.{key}", key)
+
+    def points(key: str) -> list[dict[str, Any]]:
+        items = raw.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(p, dict) and p for p in items):
+            raise SpecError(path, key, "must be a list of non-empty mappings {axis: value}")
+        for i, point in enumerate(items):
+            for axis in point:
+                check_arg(f"{key}[{i}].{axis}", axis)
+        return items
+
+    exclude, include = points("exclude"), points("include")
+    if not grid and not zips and not include:
+        raise SpecError(path, "grid", "empty grid: give at least one axis (or include points)")
+
+    output_dir = raw.get("output_dir")
+    axes = list(grid) + [a for g in zips for a in g] + [a for p in include for a in p]
+    if output_dir is not None:
+        if not isinstance(output_dir, str) or not output_dir.strip():
+            raise SpecError(path, "output_dir", "must be a path pattern such as "
+                                                "'{task}_{method}quant{nbits}bit'")
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(output_dir) if f is not None]
+        except ValueError as exc:
+            raise SpecError(path, "output_dir", f"bad pattern: {exc}") from None
+        for placeholder in names:
+            if placeholder not in axes and placeholder not in JOB_PLACEHOLDERS:
+                allowed = sorted(set(axes)) + list(JOB_PLACEHOLDERS)
+                raise SpecError(path, "output_dir",
+                                f"placeholder {{{placeholder}}} names no axis"
+                                f"{suggest(placeholder, allowed)}; allowed: "
+                                + ", ".join("{" + a + "}" for a in allowed))
+    sweep_dir = raw.get("sweep_dir", "runs/{name}")
+    if not isinstance(sweep_dir, str) or not sweep_dir.strip():
+        raise SpecError(path, "sweep_dir", "must be a directory path (default runs/{name})")
+    try:
+        sweep_dir = sweep_dir.format(name=name)
+    except (KeyError, IndexError, ValueError):
+        raise SpecError(path, "sweep_dir", "may use only the placeholder {name}") from None
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise SpecError(path, "description", "must be a string")
+    resources = parse_resources(raw.get("resources"), path)
+    return Spec(path=path, name=name, grid=grid, zips=zips, exclude=exclude, include=include,
+                base=dict(base), output_dir=output_dir, sweep_dir=sweep_dir,
+                resources=resources, description=description, raw=raw)
+
+
+def _axis_values(path: str, where: str, values: Any) -> list[Any]:
+    if isinstance(values, str) and ".." in values:
+        m = RANGE_RE.match(values)
+        if not m:
+            raise SpecError(path, where, f"bad range {values!r}: write integers as 'a..b', "
+                                         "e.g. 1..8")
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if lo > hi:
+            raise SpecError(path, where, f"bad range {values!r}: start is above end")
+        return list(range(lo, hi + 1))
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise SpecError(path, where, "empty list: give at least one value")
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, str) and ".." in v and RANGE_RE.match(v):
+            out += _axis_values(path, where, v)
+        else:
+            out.append(v)
+    return out

@@ -1,0 +1,271 @@
+"""Trainer arguments and the method registry: one config dataclass per method.
+
+Torch-free on purpose: `sweep launch` validates specs against these schemas without importing the
+trainer. The function that applies a config lives in `quantlib.recipes`, registered by config
+type (torchao's `quantize_(model, config)` pattern). Adding a method = a config class registered
+here with `register_method` + a recipe registered in `quantlib.recipes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantlib.tasks import TASKS
+
+
+class ConfigError(ValueError):
+    """A value that a job cannot run with; `key` names the offending trainer argument."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def param(default: Any = None, kind: str = "str", help: str = "", *, choices: tuple = (),
+          lo: float | None = None, hi: float | None = None, required: bool = False) -> Any:
+    """A dataclass field that carries its validation rule (kind, choices, bounds)."""
+    meta = {"kind": kind, "help": help, "choices": choices, "lo": lo, "hi": hi,
+            "required": required}
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Arguments every job takes, whatever its method."""
+
+    task: str = param(None, "str", "GLUE task", choices=tuple(TASKS), required=True)
+    method: str = param(None, "str", "compression method", required=True)
+    model_name_or_path: str = param("bert-base-uncased", "str", "hub id or local directory")
+    tokenizer_name: str | None = param(None, "optional_str", "defaults to the model's")
+    dataset_name: str = param("nyu-mll/glue", "str", "hub dataset (used when data_dir is unset)")
+    data_dir: str | None = param(None, "optional_str",
+                                 "local task directory in the download_glue_data.py TSV layout")
+    max_seq_length: int = param(128, "int", "tokens per example", lo=8, hi=4096)
+    batch_size: int = param(32, "int", "training batch size per device", lo=1)
+    eval_batch_size: int = param(64, "int", "evaluation batch size per device", lo=1)
+    learning_rate: float = param(2e-5, "float", "AdamW peak learning rate", lo=0.0)
+    weight_decay: float = param(0.01, "float", "AdamW weight decay", lo=0.0)
+    warmup_ratio: float = param(0.1, "float", "warmup share of each stage", lo=0.0, hi=1.0)
+    max_grad_norm: float = param(1.0, "float", "gradient clipping (0 = off)", lo=0.0)
+    seed: int = param(42, "int", "random seed")
+    finetune: str = param("auto", "str",
+                          "FP32 fine-tuning before compression: auto = only when the checkpoint "
+                          "is not fine-tuned on the task", choices=("auto", "always", "never"))
+    finetune_epochs: float = param(3.0, "float", "epochs of FP32 fine-tuning", lo=0.0)
+    max_train_samples: int | None = param(None, "optional_int", "truncate the train set", lo=1)
+    max_eval_samples: int | None = param(None, "optional_int", "truncate the eval sets", lo=1)
+    quantize_modules: tuple[str, ...] = param(
+        ("*encoder.layer.*",), "strs",
+        "fnmatch patterns of module names whose nn.Linear weights are quantized")
+    save_model: bool = param(False, "bool", "save the final model into the output dir")
+    fp16: bool = param(False, "bool", "mixed precision (CUDA)")
+    bf16: bool = param(False, "bool", "bfloat16 mixed precision")
+    logging_steps: int = param(50, "int", "log the training loss every N steps", lo=1)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's config."""
+
+
+@dataclass(frozen=True)
+class FP32Config(MethodConfig):
+    """No compression: the (fine-tuned) FP32 baseline."""
+
+
+@dataclass(frozen=True)
+class INQConfig(MethodConfig):
+    """Incremental Network Quantization (Zhou et al. 2017); subclasses fix the level set."""
+
+    nbits: int = param(None, "int", "bits per weight", lo=1, hi=8, required=True)
+    inq_steps: tuple[float, ...] = param((0.5, 0.75, 0.875, 1.0), "fractions",
+                                         "accumulated frozen fractions, ending at 1.0")
+    inq_strategy: str = param("magnitude", "str", "which weights freeze first",
+                              choices=("magnitude", "random"))
+    epochs_per_stage: float = param(1.0, "float", "retraining epochs after each partition",
+                                    lo=0.0)
+
+    mode = "inq"
+
+
+@dataclass(frozen=True)
+class LinearINQConfig(INQConfig):
+    granularity: str = param("tensor", "str", "one scale per tensor or per output row",
+                             choices=("tensor", "row"))
+    mode = "lin"
+
+
+@dataclass(frozen=True)
+class Pow2INQConfig(INQConfig):
+    granularity: str = param("tensor", "str", "one level set per tensor or per output row",
+                             choices=("tensor", "row"))
+    mode = "p2"
+
+
+@dataclass(frozen=True)
+class MultiBitINQConfig(INQConfig):
+    amq_cycles: int = param(2, "int", "alternating refit cycles", lo=0, hi=100)
+    mode = "mb"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    display: str  # block title in the measurements sheet
+    config: type[MethodConfig]
+
+
+METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, display: str, config: type[MethodConfig]) -> None:
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is already registered")
+    METHODS[name] = MethodEntry(name, display, config)
+
+
+# Seed names and display names; the measurements sheet lists blocks in this order.
+register_method("p2", "Power of 2", Pow2INQConfig)
+register_method("lin", "Linear", LinearINQConfig)
+register_method("mb", "mbq", MultiBitINQConfig)
+register_method("fp32", "FP32", FP32Config)
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+TRAIN_FIELDS = _fields(TrainArgs)
+
+
+def method_fields(method: str) -> dict[str, dataclasses.Field]:
+    return _fields(METHODS[method].config)
+
+
+def all_keys() -> set[str]:
+    """Every trainer argument any method accepts."""
+    keys = set(TRAIN_FIELDS)
+    for entry in METHODS.values():
+        keys |= set(_fields(entry.config))
+    return keys
+
+
+def suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Validate and normalise one value against its field; raises ConfigError."""
+    meta = f.metadata
+    kind = meta["kind"]
+    if kind.startswith("optional_"):
+        if value is None:
+            return None
+        kind = kind[len("optional_"):]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"{value!r} is not an integer")
+    elif kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"{value!r} is not a number")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"{value!r} is not true or false")
+    elif kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"{value!r} is not a non-empty string")
+    elif kind == "strs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"{value!r} is not a list of strings")
+        value = tuple(value)
+    elif kind == "fractions":
+        if not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(key, f"{value!r} is not a list of fractions")
+        value = tuple(float(v) for v in value)
+        if any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0 or value[-1] != 1.0:
+            raise ConfigError(key, f"{list(value)} must increase strictly within (0, 1] "
+                                   "and end at 1.0")
+    choices = meta["choices"]
+    if choices and value not in choices:
+        raise ConfigError(key, f"{value!r} is not allowed{suggest(value, choices)}; "
+                               f"allowed: {', '.join(map(str, choices))}")
+    lo, hi = meta["lo"], meta["hi"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            raise ConfigError(key, f"{value} is outside {lo}..{hi}")
+        if lo is not None and value < lo:
+            raise ConfigError(key, f"{value} is below the minimum {lo}")
+    return value
+
+
+def resolve(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate a job's explicit arguments; return only those its method uses, normalised.
+
+    Arguments that the job's method does not use (e.g. nbits for fp32) are dropped, so they do
+    not enter the job's identity. Raises ConfigError naming the key.
+    """
+    known = all_keys()
+    for key in values:
+        if key not in known:
+            raise ConfigError(key, f"unknown trainer argument{suggest(key, sorted(known))}")
+    method = values.get("method")
+    if method is None:
+        raise ConfigError("method", "missing; give it in base, grid, zip or include")
+    if method not in METHODS:
+        raise ConfigError("method", f"unknown method {method!r}{suggest(method, METHODS)}; "
+                                    f"allowed: {', '.join(METHODS)}")
+    fields = {**TRAIN_FIELDS, **method_fields(method)}
+    out: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key in values:
+            out[key] = check_value(key, values[key], f)
+        elif f.metadata["required"]:
+            raise ConfigError(key, f"missing; method {method!r} needs it")
+    task = out["task"]
+    if task not in TASKS:  # check_value caught it already; keeps type checkers honest
+        raise ConfigError("task", f"unknown task {task!r}")
+    return out
+
+
+def ignored_keys(values: dict[str, Any]) -> list[str]:
+    """Arguments present in `values` that the job's method does not use."""
+    method = values.get("method")
+    if method not in METHODS:
+        return []
+    used = set(TRAIN_FIELDS) | set(method_fields(method))
+    return sorted(k for k in values if k not in used)
+
+
+def build(config: dict[str, Any]) -> tuple[TrainArgs, MethodConfig]:
+    """Turn a resolved job config (as written to config.json) into dataclasses."""
+    resolved = resolve({k: v for k, v in config.items() if k in all_keys()})
+    train = TrainArgs(**{k: v for k, v in resolved.items() if k in TRAIN_FIELDS})
+    entry = METHODS[resolved["method"]]
+    mfields = _fields(entry.config)
+    method = entry.config(**{k: v for k, v in resolved.items() if k in mfields})
+    return train, method
+
+
+def with_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The full configuration a job runs with: explicit values plus every default."""
+    train, method = build(resolved)
+    full = dataclasses.asdict(train)
+    full.update(dataclasses.asdict(method))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}

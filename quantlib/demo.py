@@ -1,0 +1,112 @@
+"""Demo assets: a small learnable task in GLUE TSV layout and a tiny BERT with its own vocab.
+
+`python -m quantlib.demo DIR` writes
+- DIR/data/SST-2/{train,dev}.tsv: sentences mixing 0-2 "positive" and 0-2 "negative" words,
+  each negated by a preceding "not" half the time, in filler; the label says whether the
+  effective positives outnumber the negatives. Learnable, but only through word order (the
+  encoder has to pair "not" with the next word), so heavy quantization of the encoder hurts.
+- DIR/model: a randomly initialised 2-layer BERT (hidden 64) and a WordPiece tokenizer, saved
+  with save_pretrained, so jobs load it through the same from_pretrained path as
+  bert-base-uncased. It is not fine-tuned: jobs fine-tune it in FP32 first.
+Also the tests' source of tiny models and data (`write_model`, `write_glue_tsv`).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+POSITIVE = ["good", "great", "superb", "lovely", "fine", "happy", "bright", "brilliant",
+            "charming", "delight", "fresh", "gentle", "joyful", "kind", "warm", "wonderful"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "sad", "grim", "boring", "bleak", "clumsy", "cold",
+            "harsh", "nasty", "rough", "stale", "ugly", "weak"]
+FILLER = ["the", "a", "film", "movie", "story", "plot", "actor", "scene", "music", "script",
+          "ending", "cast", "was", "is", "and", "but", "very", "quite", "rather", "with", "of",
+          "in", "this", "that", "it", "its", "for", "on", "an", "at", "to", "by", "from",
+          "director", "camera", "dialogue", "pace", "tone", "score", "light", "not"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def sentence(rng: random.Random, most: int = 2) -> tuple[str, int]:
+    """0..most sentiment words per polarity, each negated by a preceding "not" half the time;
+    the label says whether the effective positives outnumber the negatives (never a tie)."""
+    while True:
+        polarities = [1] * rng.randint(0, most) + [-1] * rng.randint(0, most)
+        negated = [rng.random() < 0.5 for _ in polarities]
+        score = sum(-p if n else p for p, n in zip(polarities, negated))
+        if score != 0:
+            break
+    phrases = [(["not"] if n else []) + [rng.choice(POSITIVE if p > 0 else NEGATIVE)]
+               for p, n in zip(polarities, negated)]
+    phrases += [[rng.choice(FILLER)] for _ in range(rng.randint(2, 6))]
+    rng.shuffle(phrases)
+    return " ".join(w for phrase in phrases for w in phrase), int(score > 0)
+
+
+def write_glue_tsv(task_dir: str | Path, n_train: int = 3000, n_dev: int = 500,
+                   seed: int = 0) -> Path:
+    """The demo task in the SST-2 layout (header `sentence<TAB>label`)."""
+    task_dir = Path(task_dir)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        rows = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in (sentence(rng) for _ in range(n))]
+        (task_dir / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return task_dir
+
+
+def write_vocab(path: Path, extra_words: list[str] | None = None) -> Path:
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + (extra_words or [])))
+    pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
+    path.write_text("\n".join(SPECIAL + words + pieces) + "\n", encoding="utf-8")
+    return path
+
+
+def write_model(model_dir: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2,
+                intermediate: int = 128, seed: int = 0, extra_words: list[str] | None = None,
+                num_labels: int | None = None) -> Path:
+    """A randomly initialised tiny BERT (masked-LM head, i.e. not fine-tuned, unless
+    num_labels is given) and its WordPiece tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        BertTokenizer,
+    )
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_vocab(model_dir / "vocab.txt", extra_words)
+    # from_pretrained reads vocab.txt in transformers 4 and 5 alike (the constructor's
+    # vocab argument changed between them)
+    tokenizer = BertTokenizer.from_pretrained(model_dir, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden,
+                        num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=128)
+    if num_labels is None:
+        model = BertForMaskedLM(config)
+    else:
+        config.num_labels = num_labels
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m quantlib.demo DIR", file=sys.stderr)
+        return 2
+    root = Path(argv[0])
+    write_glue_tsv(root / "data" / "SST-2")
+    write_model(root / "model")
+    print(f"demo assets in {root}: data/SST-2 (train 3000, dev 500) and model/ (tiny BERT)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

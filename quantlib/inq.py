@@ -1,0 +1,181 @@
+"""Incremental Network Quantization as a TrainerCallback, and the per-stage LR schedule.
+
+Training is one HF Trainer run split into stages (an optional FP32 fine-tune, then one stage per
+accumulated fraction). At the first step of a stage the controller freezes the next partition:
+of the weights still in full precision, the largest-magnitude ones (or random ones) until the
+frozen fraction reaches the stage's fraction, replacing them by their quantized value. Frozen
+weights never move: their gradient is masked in backward (so Adam moments stay clean) and the
+optimizer's update is undone after every step (so weight decay and old moments cannot move them
+either). The learning-rate schedule restarts (warmup + linear decay) at every stage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from quantlib.configs import INQConfig, LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
+from quantlib.quantizers import Quantizer, make_quantizer, max_levels
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: float
+    fraction: float | None  # None: plain FP32 training, nothing frozen at its start
+
+
+def stage_starts(max_steps: int, epochs: list[float]) -> list[int]:
+    """First optimizer step of every stage, proportional to the stages' epochs."""
+    total = sum(epochs)
+    if total <= 0:
+        return [0] * len(epochs)
+    starts, acc = [], 0.0
+    for e in epochs:
+        starts.append(round(max_steps * acc / total))
+        acc += e
+    return starts
+
+
+def staged_lr_lambda(starts: list[int], max_steps: int, warmup_ratio: float):
+    """LR factor per step: linear warmup then linear decay to 0, restarted at each stage."""
+    bounds = [*starts, max_steps]
+
+    def factor(step: int) -> float:
+        k = max(i for i in range(len(starts)) if starts[i] <= step or i == 0)
+        begin, end = bounds[k], bounds[k + 1]
+        while end <= begin and k + 1 < len(starts):  # skip empty stages
+            k += 1
+            begin, end = bounds[k], bounds[k + 1]
+        length = max(1, end - begin)
+        local = step - begin
+        warm = int(math.ceil(warmup_ratio * length))
+        if local < warm:
+            return local / max(1, warm)
+        return max(0.0, (length - local) / max(1, length - warm))
+
+    return factor
+
+
+def select_weights(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Parameter]:
+    """The weights of nn.Linear modules whose qualified name matches a pattern."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            out[f"{name}.weight"] = module.weight
+    return out
+
+
+def quantizer_for(cfg: INQConfig) -> tuple[str, dict]:
+    if isinstance(cfg, LinearINQConfig):
+        return "lin", {"per_row": cfg.granularity == "row"}
+    if isinstance(cfg, Pow2INQConfig):
+        return "p2", {"per_row": cfg.granularity == "row"}
+    if isinstance(cfg, MultiBitINQConfig):
+        return "mb", {"cycles": cfg.amq_cycles}
+    raise TypeError(f"no quantizer for {type(cfg).__name__}")
+
+
+class INQController(TrainerCallback):
+    def __init__(self, weights: dict[str, nn.Parameter], cfg: INQConfig, stages: list[Stage],
+                 seed: int = 0):
+        if not weights:
+            raise ValueError("quantize_modules matches no nn.Linear module of the model")
+        self.cfg = cfg
+        self.mode, self.qkw = quantizer_for(cfg)
+        self.weights = weights
+        self.stages = stages
+        self.starts: list[int] = []
+        self.applied = 0  # stages whose partition has been frozen
+        self.quantizers: dict[str, Quantizer] = {}
+        self.masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in weights.items()}
+        self.values = {n: torch.zeros_like(p) for n, p in weights.items()}
+        self.generator = torch.Generator().manual_seed(seed)
+        self._hooks = [p.register_hook(lambda g, m=self.masks[n]: g.masked_fill(m, 0))
+                       for n, p in weights.items()]
+
+    # -- the partition -------------------------------------------------------------------
+    @torch.no_grad()
+    def freeze(self, fraction: float) -> None:
+        for name, p in self.weights.items():
+            mask = self.masks[name]
+            if name not in self.quantizers:
+                self.quantizers[name] = make_quantizer(self.mode, self.cfg.nbits,
+                                                       **self.qkw).fit(p.detach().float())
+            n_target = p.numel() if fraction >= 1.0 else round(fraction * p.numel())
+            n_new = n_target - int(mask.sum())
+            if n_new <= 0:
+                continue
+            if self.cfg.inq_strategy == "magnitude":
+                score = p.detach().abs().float().flatten()
+            else:
+                score = torch.rand(p.numel(), generator=self.generator).to(p.device)
+            score = score.masked_fill(mask.flatten(), -1.0)
+            new = torch.zeros(p.numel(), dtype=torch.bool, device=p.device)
+            new[torch.topk(score, n_new, sorted=False).indices] = True
+            new = new.view_as(mask)
+            q = self.quantizers[name].project(p.detach().float()).to(p.dtype)
+            self.values[name] = torch.where(new, q, self.values[name])
+            mask |= new
+            p.data.copy_(torch.where(mask, self.values[name], p.data))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Undo any optimizer update of frozen weights."""
+        for name, p in self.weights.items():
+            p.data.copy_(torch.where(self.masks[name], self.values[name], p.data))
+
+    def frozen_fraction(self) -> float:
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(int(m.sum()) for m in self.masks.values()) / total
+
+    def apply_due(self, step: int | None) -> None:
+        """Freeze every stage's partition whose start step has been reached (None: all)."""
+        while self.applied < len(self.stages):
+            stage = self.stages[self.applied]
+            if step is not None and (self.applied >= len(self.starts)
+                                     or self.starts[self.applied] > step):
+                break
+            if stage.fraction is not None:
+                self.freeze(stage.fraction)
+            self.applied += 1
+
+    def summary(self) -> dict[str, float]:
+        """Check that the model is fully quantized; return figures for the results."""
+        per_row = self.mode == "mb" or self.qkw.get("per_row", False)
+        distinct = 0
+        for p in self.weights.values():
+            rows = p.detach().reshape(p.shape[0], -1)
+            if per_row:  # a level set per row: count within a few rows
+                per = max(int(torch.unique(rows[i]).numel()) for i in range(min(len(rows), 8)))
+            else:
+                per = int(torch.unique(rows).numel())
+            distinct = max(distinct, per)
+        limit = max_levels(self.mode, self.cfg.nbits)
+        return {"quantized_fraction": self.frozen_fraction(),
+                "quantized_params": float(sum(p.numel() for p in self.weights.values())),
+                "max_distinct_values": float(distinct), "level_limit": float(limit)}
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # -- TrainerCallback events ----------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.starts = stage_starts(state.max_steps, [s.epochs for s in self.stages])
+        self.apply_due(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.apply_due(state.global_step)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.restore()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.apply_due(None)

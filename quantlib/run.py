@@ -1,0 +1,88 @@
+"""The job entry point: `python -m quantlib.run CONFIG.json`, identical under every backend.
+
+Writes into the config's output_dir: config.json (as run), status.json (running, then
+completed / failed / interrupted with a reason), eval_results.json and eval_results.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from jobs.atomic import write_json
+from quantlib.outputs import CONFIG, now, write_results, write_status
+
+
+class Terminated(Exception):
+    """SIGTERM (scheduler kill, time limit)."""
+
+
+def _on_term(signum, frame):  # noqa: ARG001
+    raise Terminated(f"signal {signal.Signals(signum).name}")
+
+
+def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
+    from quantlib.configs import build
+    from quantlib.recipes import recipe_for
+    from quantlib.trainer import evaluate, prepare
+
+    args, method = build(config)
+    ctx = prepare(args, method, out_dir)
+    trainer = recipe_for(method)(ctx, method)
+    results = evaluate(trainer, ctx)
+    if args.save_model:
+        trainer.save_model(str(out_dir / "model"))
+        ctx.tokenizer.save_pretrained(str(out_dir / "model"))
+    return results, ctx.info
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m quantlib.run CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        out_dir = Path(config["output_dir"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"quantlib.run: {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / CONFIG, config)
+    start = time.monotonic()
+    write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
+                 ended=None, job_id=config.get("job_id"))
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        results, info = run_job(config, out_dir)
+    except KeyboardInterrupt:
+        write_status(out_dir, "interrupted", reason="SIGINT", ended=now(),
+                     elapsed_s=round(time.monotonic() - start, 1))
+        print("quantlib.run: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except Terminated as exc:
+        write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
+                     elapsed_s=round(time.monotonic() - start, 1))
+        return 143
+    except Exception as exc:  # the job fails; the reason goes to status.json, the trace to the log
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        write_status(out_dir, "failed", reason=reason, ended=now(),
+                     elapsed_s=round(time.monotonic() - start, 1))
+        return 1
+    write_results(out_dir, config["task"], results, info)
+    write_status(out_dir, "completed", reason=None, ended=now(),
+                 elapsed_s=round(time.monotonic() - start, 1))
+    print(f"quantlib.run: completed: {json.dumps(results, sort_keys=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

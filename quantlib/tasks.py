@@ -1,0 +1,72 @@
+"""GLUE task table: names, metrics, hub columns and download_glue_data.py TSV layouts.
+
+Torch-free: the spec validator and `collect` read it without importing the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where text and label sit in a download_glue_data.py TSV file."""
+
+    text_columns: tuple[str | int, ...]  # header names, or column indices when no header
+    label_column: str | int
+    header: bool = True
+    train_file: str = "train.tsv"
+    eval_files: dict[str, str] = field(default_factory=lambda: {"validation": "dev.tsv"})
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # spec name, also the hub config name of nyu-mll/glue
+    display: str  # the spreadsheet's name: "MRPC", "SST-2", ...
+    glue_dir: str  # directory name in the download_glue_data.py layout
+    hub_columns: tuple[str, ...]  # text columns of the hub dataset
+    num_labels: int  # 1 = regression
+    metrics: tuple[str, ...]  # HF Trainer names without the eval_ prefix
+    tsv: TsvLayout
+    label_names: tuple[str, ...] = ()  # string labels of the TSV files, in hub id order
+    hub_eval_splits: dict[str, str] = field(default_factory=lambda: {"validation": "validation"})
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+_NLI = ("entailment", "not_entailment")
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("cola", "CoLA", "CoLA", ("sentence",), 2, ("matthews_correlation",),
+             TsvLayout((3,), 1, header=False)),
+        Task("sst2", "SST-2", "SST-2", ("sentence",), 2, ("accuracy",),
+             TsvLayout(("sentence",), "label")),
+        Task("mrpc", "MRPC", "MRPC", ("sentence1", "sentence2"), 2,
+             ("accuracy", "f1", "combined_score"),
+             TsvLayout(("#1 String", "#2 String"), "Quality")),
+        Task("qqp", "QQP", "QQP", ("question1", "question2"), 2,
+             ("accuracy", "f1", "combined_score"),
+             TsvLayout(("question1", "question2"), "is_duplicate")),
+        Task("stsb", "STS-B", "STS-B", ("sentence1", "sentence2"), 1,
+             ("pearson", "spearmanr", "combined_score"),
+             TsvLayout(("sentence1", "sentence2"), "score")),
+        Task("mnli", "MNLI", "MNLI", ("premise", "hypothesis"), 3,
+             ("accuracy", "accuracy_mm"),
+             TsvLayout(("sentence1", "sentence2"), "gold_label",
+                       eval_files={"validation": "dev_matched.tsv",
+                                   "validation_mm": "dev_mismatched.tsv"}),
+             label_names=("entailment", "neutral", "contradiction"),
+             hub_eval_splits={"validation": "validation_matched",
+                              "validation_mm": "validation_mismatched"}),
+        Task("qnli", "QNLI", "QNLI", ("question", "sentence"), 2, ("accuracy",),
+             TsvLayout(("question", "sentence"), "label"), label_names=_NLI),
+        Task("rte", "RTE", "RTE", ("sentence1", "sentence2"), 2, ("accuracy",),
+             TsvLayout(("sentence1", "sentence2"), "label"), label_names=_NLI),
+        Task("wnli", "WNLI", "WNLI", ("sentence1", "sentence2"), 2, ("accuracy",),
+             TsvLayout(("sentence1", "sentence2"), "label")),
+    )
+}

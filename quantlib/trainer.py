@@ -1,0 +1,171 @@
+"""The GLUE trainer: model and data loading, a staged HF Trainer, evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from quantlib import metrics
+from quantlib.configs import MethodConfig, TrainArgs
+from quantlib.data import load_glue
+from quantlib.inq import stage_starts, staged_lr_lambda
+from quantlib.tasks import TASKS, Task
+
+log = logging.getLogger("quantlib")
+
+
+@dataclass
+class JobContext:
+    args: TrainArgs
+    method: MethodConfig
+    task: Task
+    out_dir: Path
+    model: PreTrainedModel
+    tokenizer: Any
+    train: Any  # tokenized datasets.Dataset
+    evals: dict[str, Any]  # split -> tokenized Dataset
+    needs_finetune: bool
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in the results
+
+
+def is_finetuned(config: Any, task: Task) -> bool:
+    """Does this checkpoint already carry a head trained for the task?"""
+    archs = getattr(config, "architectures", None) or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    finetuning_task = (getattr(config, "finetuning_task", None) or "").lower().replace("-", "")
+    if finetuning_task and finetuning_task != task.name:
+        return False
+    return has_head and config.num_labels == task.num_labels
+
+
+def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
+    set_seed(args.seed)
+    task = TASKS[args.task]
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    finetuned = is_finetuned(config, task)
+    needs_finetune = {"auto": not finetuned, "always": True, "never": False}[args.finetune]
+    config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=task.num_labels,
+                                        finetuning_task=task.name)
+    if task.is_regression:
+        config.problem_type = "regression"
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path,
+                                                               config=config)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
+    data = load_glue(task, args.dataset_name, args.data_dir)
+
+    def tokenize(batch):
+        texts = [batch["text_a"]] + ([batch["text_b"]] if "text_b" in batch else [])
+        return tokenizer(*texts, truncation=True, max_length=args.max_seq_length)
+
+    def prep(ds, limit):
+        if limit is not None and len(ds) > limit:
+            ds = ds.select(range(limit))
+        cols = [c for c in ds.column_names if c != "label"]
+        ds = ds.map(tokenize, batched=True, remove_columns=cols, desc=None)
+        return ds.rename_column("label", "labels")
+
+    train = prep(data["train"], args.max_train_samples)
+    evals = {split: prep(data[split], args.max_eval_samples) for split in data if split != "train"}
+    info = {"finetuned_checkpoint": finetuned, "finetune_ran": needs_finetune,
+            "train_examples": len(train)}
+    return JobContext(args, method, task, out_dir, model, tokenizer, train, evals,
+                      needs_finetune, info)
+
+
+class StagedTrainer(Trainer):
+    """HF Trainer whose LR schedule restarts (warmup + linear decay) at every stage."""
+
+    def __init__(self, *a, stage_epochs: list[float], warmup_ratio: float, **kw):
+        self.stage_epochs = stage_epochs
+        self.warmup_ratio = warmup_ratio
+        super().__init__(*a, **kw)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            starts = stage_starts(num_training_steps, self.stage_epochs)
+            self.lr_scheduler = LambdaLR(
+                optimizer or self.optimizer,
+                staged_lr_lambda(starts, num_training_steps, self.warmup_ratio))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+def make_trainer(ctx: JobContext, stage_epochs: list[float],
+                 callbacks: list[TrainerCallback]) -> StagedTrainer:
+    a = ctx.args
+    use_cuda = torch.cuda.is_available()
+    targs = TrainingArguments(
+        output_dir=str(ctx.out_dir / "checkpoints"),
+        num_train_epochs=max(sum(stage_epochs), 0.0),
+        per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=a.eval_batch_size,
+        learning_rate=a.learning_rate,
+        weight_decay=a.weight_decay,
+        max_grad_norm=a.max_grad_norm,
+        seed=a.seed,
+        fp16=a.fp16 and use_cuda,
+        bf16=a.bf16,
+        use_cpu=not use_cuda,
+        logging_steps=a.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return StagedTrainer(
+        model=ctx.model, args=targs, train_dataset=ctx.train,
+        data_collator=DataCollatorWithPadding(ctx.tokenizer), callbacks=callbacks,
+        stage_epochs=stage_epochs, warmup_ratio=a.warmup_ratio)
+
+
+def train_stages(ctx: JobContext, stage_epochs: list[float],
+                 callbacks: list[TrainerCallback]) -> StagedTrainer:
+    """Train through the stages (skipped when they add up to no epochs)."""
+    trainer = make_trainer(ctx, stage_epochs, callbacks)
+    if sum(stage_epochs) > 0:
+        result = trainer.train()
+        ctx.info["train_loss"] = float(result.training_loss)
+        ctx.info["train_steps"] = int(result.global_step)
+    return trainer
+
+
+def evaluate(trainer: Trainer, ctx: JobContext) -> dict[str, float]:
+    """Every eval split's metrics; the second MNLI set gets the _mm suffix."""
+    out: dict[str, float] = {}
+    for split, ds in ctx.evals.items():
+        pred = trainer.predict(ds, metric_key_prefix="eval")
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        labels = pred.label_ids
+        if ctx.task.is_regression:
+            preds = np.squeeze(logits, axis=-1)
+            distinct = int(np.unique(np.round(preds, 6)).size)
+        else:
+            preds = np.argmax(logits, axis=-1)
+            distinct = int(np.unique(preds).size)
+        values = metrics.compute(ctx.task, preds, labels)
+        values["loss"] = float(pred.metrics.get("eval_loss", math.nan))
+        values["pred_classes"] = float(distinct)  # 1 = a single-class (collapsed) predictor
+        suffix = "" if split == "validation" else "_" + split.removeprefix("validation_")
+        if suffix:
+            values = {k: v for k, v in values.items() if k in ("accuracy", "loss")}
+        out.update({f"{k}{suffix}": v for k, v in values.items()})
+    return out

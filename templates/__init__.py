@@ -1,0 +1,1 @@
+"""Jinja2 templates for job scripts; loaded through importlib.resources."""

@@ -1,0 +1,163 @@
+"""`sweep collect`: the seed layout cell by cell, the tidy sheet, collapse flags, bad files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import openpyxl
+import pytest
+from conftest import sweep_cli
+
+from analysis.measurements import ROWS
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "measurements.xlsx"
+needs_seed = pytest.mark.skipif(not SEED.is_file(), reason=f"no seed spreadsheet at {SEED}")
+DISPLAY_TO_METHOD = {"Power of 2": "p2", "Linear": "lin", "mbq": "mb"}
+LABEL_TO_METRIC = {label: (task, metric) for task, metric, label in ROWS}
+
+
+def seed_cells():
+    ws = openpyxl.load_workbook(SEED).worksheets[0]
+    return {(c.row, c.column): c.value for row in ws.iter_rows() for c in row
+            if c.value is not None}, ws.max_row, ws.max_column
+
+
+def write_job(root: Path, name: str, config: dict, results: dict | None, state="completed"):
+    out = root / name
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({**config, "sweep": root.name}))
+    (out / "status.json").write_text(json.dumps({"state": state}))
+    if results is not None:
+        (out / "eval_results.json").write_text(json.dumps(results))
+    return out
+
+
+def jobs_from_seed(root: Path) -> None:
+    """One job directory per (method, task, bits) of the seed sheet, holding its numbers."""
+    cells, max_row, _ = seed_cells()
+    jobs: dict[tuple[str, str, int], dict] = {}
+    method = None
+    for r in range(1, max_row + 1):
+        label = cells.get((r, 1))
+        if label in DISPLAY_TO_METHOD:
+            method = DISPLAY_TO_METHOD[label]
+            bits = {c: cells[(r, c)] for c in range(2, 10)}
+            continue
+        if label is None:
+            continue
+        task, metric = LABEL_TO_METRIC[label]
+        for c, b in bits.items():
+            if (r, c) in cells:
+                value = cells[(r, c)]
+                value = float("nan") if value == "nan" else value
+                jobs.setdefault((method, task, b), {})[f"eval_{metric}"] = value
+    for (method, task, b), results in jobs.items():
+        write_job(root, f"{task}_{method}quant{b}bit", {"task": task, "method": method,
+                                                        "nbits": b}, results)
+
+
+@needs_seed
+def test_measurements_sheet_reproduces_the_seed_layout_cell_by_cell(tmp_path):
+    root = tmp_path / "seed"
+    jobs_from_seed(root)
+    out = tmp_path / "out.xlsx"
+    proc = sweep_cli("collect", str(root), "--to", "xlsx", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    want, max_row, max_col = seed_cells()
+    ws = openpyxl.load_workbook(out).worksheets[0]
+    got = {(c.row, c.column): c.value for row in ws.iter_rows() for c in row
+           if c.value is not None}
+    assert (ws.max_row, ws.max_column) == (max_row, max_col)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, abs=1e-15), key
+        else:
+            assert got[key] == value, key
+    # the seed's numbers are single-class predictors: collect flags them
+    mrpc_8bit_p2 = ws.cell(row=11, column=2)  # MRPC(acc) 0.6838 at 8 bits, Power of 2
+    assert mrpc_8bit_p2.comment is not None and "all-positive" in mrpc_8bit_p2.comment.text
+    assert ws.cell(row=11, column=2).fill.start_color.rgb.endswith("F4CCCC")
+    assert ws.cell(row=7, column=8).comment is not None  # STS-B corr 'nan': constant output
+    assert "collapsed" in proc.stdout
+
+
+def make_sweep(root: Path):
+    write_job(root, "a", {"task": "mrpc", "method": "fp32", "seed": 1},
+              {"eval_accuracy": 0.85, "eval_f1": 0.89, "eval_combined_score": 0.87,
+               "eval_pred_classes": 2, "train_loss": 0.3})
+    write_job(root, "b", {"task": "mrpc", "method": "lin", "nbits": 4, "seed": 1},
+              {"eval_accuracy": 0.80, "eval_f1": 0.86, "eval_combined_score": 0.83,
+               "eval_pred_classes": 2, "quantized_fraction": 1.0})
+    write_job(root, "c", {"task": "mrpc", "method": "lin", "nbits": 4, "seed": 2},
+              {"eval_accuracy": 0.70, "eval_f1": 0.76, "eval_combined_score": 0.73,
+               "eval_pred_classes": 1})
+    write_job(root, "d", {"task": "mrpc", "method": "lin", "nbits": 2, "seed": 1}, None,
+              state="failed")
+
+
+def test_blocks_average_seeds_and_fp32_gets_its_own_block(tmp_path):
+    make_sweep(tmp_path / "s")
+    out = tmp_path / "r.xlsx"
+    assert sweep_cli("collect", str(tmp_path / "s"), "-o", str(out)).returncode == 0
+    ws = openpyxl.load_workbook(out)["measurements"]
+    rows = [[c.value for c in row] for row in ws.iter_rows()]
+    assert rows[1][:10] == ["Linear", 8, 7, 6, 5, 4, 3, 2, 1, "Bits"]
+    assert rows[2][0] == "MRPC(acc)" and rows[2][5] == pytest.approx(0.75)  # mean of 2 seeds
+    assert rows[2][7] is None  # the failed 2-bit job has no result
+    assert rows[4][0] == "MRPC(f1)"
+    assert rows[7][:3] == ["FP32", 32, "Bits"]
+    assert rows[8][:2] == ["MRPC(acc)", 0.85]
+    assert ws.cell(row=3, column=6).comment is not None  # one of the seeds collapsed
+
+
+def test_tidy_sheet_and_csv(tmp_path):
+    make_sweep(tmp_path / "s")
+    out = tmp_path / "r.xlsx"
+    assert sweep_cli("collect", str(tmp_path / "s"), "-o", str(out)).returncode == 0
+    runs = openpyxl.load_workbook(out)["runs"]
+    header = [c.value for c in runs[1]]
+    assert header[:5] == ["job_id", "sweep", "task", "method", "nbits"]
+    for col in ("seed", "eval_accuracy", "eval_f1", "quantized_fraction", "train_loss",
+                "state", "collapsed", "output_dir"):
+        assert col in header
+    body = [dict(zip(header, [c.value for c in row])) for row in runs.iter_rows(min_row=2)]
+    assert len(body) == 4
+    by_dir = {Path(r["output_dir"]).name: r for r in body}
+    assert by_dir["c"]["collapsed"] == "predicts a single class"
+    assert by_dir["d"]["state"] == "failed" and by_dir["d"]["eval_accuracy"] is None
+    assert by_dir["b"]["nbits"] == 4 and by_dir["a"]["nbits"] is None
+    csv_out = tmp_path / "r.csv"
+    assert sweep_cli("collect", str(tmp_path / "s"), "--to", "csv", "-o",
+                     str(csv_out)).returncode == 0
+    rows = list(csv.DictReader(csv_out.open()))
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"completed", "failed"}
+
+
+def test_nan_metric_is_written_as_the_string_nan(tmp_path):
+    write_job(tmp_path / "s", "x", {"task": "stsb", "method": "p2", "nbits": 3},
+              {"eval_pearson": math.nan, "eval_spearmanr": math.nan,
+               "eval_combined_score": math.nan})
+    out = tmp_path / "r.xlsx"
+    assert sweep_cli("collect", str(tmp_path / "s"), "-o", str(out)).returncode == 0
+    ws = openpyxl.load_workbook(out)["measurements"]
+    assert [ws.cell(row=r, column=7).value for r in (3, 4, 5)] == ["nan"] * 3
+
+
+def test_unreadable_results_are_reported_and_skipped(tmp_path):
+    make_sweep(tmp_path / "s")
+    (tmp_path / "s" / "b" / "eval_results.json").write_text("{not json")
+    out = tmp_path / "r.xlsx"
+    proc = sweep_cli("collect", str(tmp_path / "s"), "-o", str(out))
+    assert proc.returncode == 0
+    assert "skipped" in proc.stderr and "eval_results.json" in proc.stderr
+    assert "not valid JSON" in proc.stderr
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    proc = sweep_cli("collect", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("sweep: error:") and "no such directory" in proc.stderr

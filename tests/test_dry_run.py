@@ -1,0 +1,147 @@
+"""Dry runs render every script, submit nothing and never import torch."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, sweep_cli, write_spec
+
+INQ_MRPC = REPO / "sweeps" / "inq_mrpc.yaml"
+
+
+def test_inq_mrpc_lsf_dry_run(tmp_path):
+    proc = sweep_cli("launch", str(INQ_MRPC), "--backend", "lsf", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "sweep inq_mrpc: 24 jobs (dry run, backend lsf; nothing submitted)"
+    table = [line.split() for line in out[2:26]]
+    assert out[1].split()[:5] == ["job", "id", "task", "method", "nbits"]
+    assert [(r[1], r[2], r[3]) for r in table] == [
+        ("mrpc", m, str(b)) for m in ("lin", "p2", "mb") for b in range(1, 9)]
+    assert table[0][4] == "runs/inq_mrpc/mrpc_linquant1bit"
+    assert out[-1].strip() == "bsub < runs/inq_mrpc/scripts/lsf_array_1.sh"
+    scripts = sorted((tmp_path / "runs/inq_mrpc/scripts").iterdir())
+    assert [s.name for s in scripts] == ["lsf_array_1.sh"]
+    text = scripts[0].read_text()
+    logs = tmp_path / "runs/inq_mrpc/logs"
+    for line in ('#BSUB -J "inq_mrpc[1-24]"', f"#BSUB -o {logs}/%J_%I.out",
+                 f"#BSUB -e {logs}/%J_%I.err", "#BSUB -W 4:00", "#BSUB -n 1",
+                 '#BSUB -R "span[hosts=1]"', '#BSUB -R "rusage[mem=8164MB,ngpus_excl_p=1]"'):
+        assert line in text.splitlines(), line
+    assert "-gpu" not in text  # this site asks for GPUs through rusage
+    # every array element maps to its own config, which the entry point reads
+    cases = [line for line in text.splitlines() if "CONFIG=" in line and ")" in line]
+    assert len(cases) == 24 and cases[0].strip().startswith("1) JOB_ID=")
+    config = json.loads((tmp_path / "runs/inq_mrpc/configs" /
+                         f"{table[0][0]}.json").read_text())
+    assert (config["task"], config["method"], config["nbits"]) == ("mrpc", "lin", 1)
+    assert config["batch_size"] == 8 and config["learning_rate"] == 2e-5
+    assert config["finetune_epochs"] + 3 * config["epochs_per_stage"] == 9
+    assert not (tmp_path / "runs/inq_mrpc/ledger.json").exists()  # nothing launched
+    # the rendered script is valid bash
+    assert subprocess.run(["bash", "-n", str(scripts[0])]).returncode == 0
+
+
+def test_array_element_runs_its_own_job(tmp_path):
+    sweep_cli("launch", str(INQ_MRPC), "--backend", "lsf", "--dry-run", cwd=tmp_path)
+    script = tmp_path / "runs/inq_mrpc/scripts/lsf_array_1.sh"
+    fake = tmp_path / "python"  # stands in for the interpreter: prints what it was given
+    fake.write_text("#!/bin/sh\necho \"$QUANTSWEEP_JOB_ID $*\"\n")
+    fake.chmod(0o755)
+    text = script.read_text().replace(shlex.quote(sys.executable), str(fake))
+    script.write_text(text)
+    out = subprocess.run(["bash", str(script)], env={"LSB_JOBINDEX": "10", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    job_id, *cmd = out.stdout.split("\n")[-2].split()
+    assert cmd[:2] == ["-m", "quantlib.run"]
+    config = json.loads(open(cmd[2]).read())
+    assert (config["method"], config["nbits"], config["job_id"]) == ("p2", 2, job_id)
+    bad = subprocess.run(["bash", str(script)], env={"LSB_JOBINDEX": "25"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no job for LSB_JOBINDEX=25" in bad.stderr
+
+
+def test_slurm_dry_run(tmp_path):
+    spec = write_spec(tmp_path, """
+name: sl
+grid: {task: [rte], method: [lin, p2], nbits: [2, 4, 8]}
+resources:
+  gpus: 2
+  cpus: 8
+  mem: 32G
+  time: 90
+  queue: gpu
+  project: "proj a"
+  array_parallelism: 4
+  slurm: {constraint: a100, extra: ["--exclusive"]}
+""")
+    proc = sweep_cli("launch", str(spec), "--backend", "slurm", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].strip() == "sbatch runs/sl/scripts/slurm_array_1.sh"
+    lines = (tmp_path / "runs/sl/scripts/slurm_array_1.sh").read_text().splitlines()
+    for want in ("#SBATCH --array=0-5%4", "#SBATCH --time=01:30:00", "#SBATCH --mem=32768M",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
+                 "#SBATCH --account='proj a'", "#SBATCH --constraint=a100",
+                 "#SBATCH --exclusive", "#SBATCH --signal=USR2@90"):
+        assert want in lines, want
+    assert any(line.strip().startswith("0) JOB_ID=") for line in lines)
+
+
+def test_lsf_gpu_syntax_queue_and_chunks(tmp_path):
+    spec = write_spec(tmp_path, """
+name: big
+grid: {task: [rte], method: [lin], nbits: 1..8, seed: 1..130}
+resources: {gpus: 1, queue: "gpu.4h", mem: 2000, cpus: 4, lsf: {mem_per: core}}
+""")
+    proc = sweep_cli("launch", str(spec), "--backend", "lsf", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scripts = sorted((tmp_path / "runs/big/scripts").glob("lsf_array_*.sh"))
+    assert len(scripts) == 2  # 1040 jobs, at most 1000 per array
+    first, second = (s.read_text() for s in scripts)
+    assert '#BSUB -J "big.1[1-1000]"' in first and '#BSUB -J "big.2[1-40]"' in second
+    assert '#BSUB -gpu "num=1:mode=exclusive_process"' in first
+    assert '#BSUB -R "rusage[mem=500MB]"' in first  # per core: 2000 MB over 4 cores
+    assert "#BSUB -q gpu.4h" in first
+
+
+def test_quoting_of_spec_values(tmp_path):
+    spec = write_spec(tmp_path, """
+name: q
+grid: {task: [rte], method: [fp32]}
+base: {model_name_or_path: "x'; touch pwned; echo '"}
+resources: {queue: "a b; touch pwned2"}
+""")
+    proc = sweep_cli("launch", str(spec), "--backend", "lsf", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "runs/q/scripts/lsf_array_1.sh").read_text()
+    assert "#BSUB -q 'a b; touch pwned2'" in text
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    script = tmp_path / "runs/q/scripts/lsf_array_1.sh"
+    script.write_text(text.replace(shlex.quote(sys.executable), str(fake)))
+    subprocess.run(["bash", str(script)], env={"LSB_JOBINDEX": "1"}, cwd=tmp_path)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+@pytest.mark.parametrize("backend", ["local", "lsf", "slurm"])
+def test_dry_run_never_imports_torch(tmp_path, backend):
+    code = ("import sys; from jobs.cli import main; "
+            f"rc = main(['launch', {str(INQ_MRPC)!r}, '--backend', {backend!r}, '--dry-run']); "
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pandas') "
+            "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+def test_real_submission_is_refused_clearly(tmp_path):
+    proc = sweep_cli("launch", str(INQ_MRPC), "--backend", "slurm", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--dry-run" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,103 @@
+"""Spec validation: every error names the file and the key, in one line, with exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import sweep_cli, write_spec
+
+from jobs.errors import SpecError
+from jobs.grid import expand
+from jobs.spec import load_spec
+
+GOOD = """
+name: s
+grid:
+  task: [mrpc]
+  method: [lin, p2]
+  nbits: 1..3
+"""
+
+
+def error_of(tmp_path, text: str) -> str:
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(path))
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    (GOOD + "bsae: {}\n", "bsae", "did you mean 'base'"),
+    (GOOD.replace("nbits: 1..3", "nbits: 1..3\n  learnig_rate: [1.0e-5]"),
+     "grid.learnig_rate", "did you mean 'learning_rate'"),
+    (GOOD.replace("[lin, p2]", "[lin, pow2]"), "grid.method", "unknown method 'pow2'"),
+    (GOOD.replace("[mrpc]", "[mrcp]"), "grid.task", "did you mean 'mrpc'"),
+    (GOOD.replace("1..3", "[4, 9]"), "grid.nbits", "9 is outside 1..8"),
+    (GOOD.replace("1..3", "[0]"), "grid.nbits", "0 is outside 1..8"),
+    (GOOD.replace("1..3", "3..1"), "grid.nbits", "bad range"),
+    (GOOD.replace("1..3", "1..x"), "grid.nbits", "bad range"),
+    (GOOD.replace("1..3", "[]"), "grid.nbits", "empty list"),
+    ("name: s\ngrid: {}\n", "grid", "empty grid"),
+    (GOOD + "output_dir: '{task}_{bits}'\n", "output_dir", "{bits} names no axis"),
+    (GOOD + "include:\n  - {task: mrpc, method: lin, nbits: 2}\n", "include[0]",
+     "duplicate job"),
+    (GOOD.replace("[lin, p2]", "[lin, fp32]"), "grid", "ignores nbits"),
+    (GOOD + "base: {learning_rate: fast}\n", "base.learning_rate", "not a number"),
+    (GOOD + "base: {inq_steps: [0.5, 0.9]}\n", "base.inq_steps", "end at 1.0"),
+    (GOOD + "base: {finetune: maybe}\n", "base.finetune", "allowed: auto, always, never"),
+    (GOOD + "exclude:\n  - {nbits: 7}\n", "exclude[0]", "matches no job"),
+    (GOOD + "zip:\n  - {seed: [1, 2], learning_rate: [1.0e-5]}\n", "zip[0]", "differ in length"),
+    (GOOD + "resources: {mem: lots}\n", "resources.mem", "not a memory size"),
+    (GOOD + "resources: {time: '4:75'}\n", "resources.time", "not a wall time"),
+    (GOOD + "resources: {gpu: 1}\n", "resources.gpu", "did you mean 'gpus'"),
+    (GOOD + 'resources: {lsf: {extra: ["-x\\n rm -rf /"]}}\n', "resources.lsf.extra",
+     "one non-empty line"),
+    ("name: 'bad name'\ngrid: {task: [mrpc]}\n", "name", "A-Z a-z 0-9"),
+])
+def test_spec_errors_name_file_and_key(tmp_path, text, key, fragment):
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'spec.yaml'}: {key}: "), message
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_nbits_for_a_quantizing_method(tmp_path):
+    message = error_of(tmp_path, "name: s\ngrid: {task: [rte], method: [mb]}\n")
+    assert "nbits: missing; method 'mb' needs it" in message
+
+
+def test_invalid_yaml_gives_the_line(tmp_path):
+    message = error_of(tmp_path, "name: s\ngrid: [unclosed\n")
+    assert "invalid YAML" in message and ": line " in message
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    path = write_spec(tmp_path, GOOD.replace("[lin, p2]", "[lin, linn]"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = sweep_cli("launch", str(path), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"sweep: error: {path}: grid.method: unknown method 'linn'")
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_cli_missing_spec_file(tmp_path):
+    proc = sweep_cli("launch", str(tmp_path / "nope.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nope.yaml: cannot read the spec" in proc.stderr
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = write_spec(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(path)
+
+
+def test_resources_units(tmp_path):
+    spec = load_spec(write_spec(tmp_path, GOOD + "resources: {mem: 16GB, time: '1-02:30'}\n"))
+    assert spec.resources.mem_mb == 16384
+    assert spec.resources.time_minutes == 26 * 60 + 30
+    assert spec.resources.time_slurm == "1-02:30:00"
+    assert spec.resources.time_hhmm == "26:30"
