@@ -100,7 +100,8 @@ def read_job_dir(out_dir: Path, ledger_entry: dict[str, Any] | None = None) -> R
 
 
 def _is_job_dir(path: Path) -> bool:
-    return (path / STATUS).is_file() or (path / CONFIG).is_file() or (path / EVAL_JSON).is_file()
+    """A job wrote its status or results here (a bare config.json may be a model's)."""
+    return (path / STATUS).is_file() or (path / EVAL_JSON).is_file()
 
 
 def find_runs(paths: list[str]) -> list[Run]:
@@ -124,7 +125,7 @@ def find_runs(paths: list[str]) -> list[Run]:
                         run.job_id = run.job_id or jid
                         run.sweep = run.sweep or str(ledger.get("sweep", ""))
                         runs[key] = run
-            if here != root and _is_job_dir(here) or here == root and _is_job_dir(root):
+            if _is_job_dir(here):
                 key = os.path.realpath(here)
                 if key not in runs:
                     runs[key] = read_job_dir(here)

@@ -19,8 +19,9 @@ from jobs.atomic import write_json
 from quantlib.outputs import CONFIG, now, write_results, write_status
 
 
-class Terminated(Exception):
-    """SIGTERM (scheduler kill, time limit)."""
+class Terminated(BaseException):
+    """SIGTERM (scheduler kill, time limit). A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` in library code swallows it."""
 
 
 def _on_term(signum, frame):  # noqa: ARG001

@@ -161,3 +161,12 @@ def test_missing_directory_is_a_clear_error(tmp_path):
     proc = sweep_cli("collect", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sweep: error:") and "no such directory" in proc.stderr
+
+
+def test_model_directories_are_not_jobs(tmp_path):
+    make_sweep(tmp_path / "s")
+    model = tmp_path / "s" / "assets" / "tiny-bert"  # an HF checkpoint: config.json, weights
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    proc = sweep_cli("collect", str(tmp_path / "s"), "-o", str(tmp_path / "r.xlsx"))
+    assert proc.returncode == 0 and proc.stdout.startswith("4 jobs")

@@ -1,0 +1,73 @@
+"""The trainer on other task shapes: regression (STS-B), three classes + mismatched (MNLI),
+MCC (CoLA); the entry point's outputs and failure handling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_data import write_task
+
+from quantlib import run
+
+
+def job(tmp_path, tiny_model, task, glue_dir, method="fp32", **extra):
+    data = write_task(tmp_path / glue_dir, task)
+    config = {"task": task, "method": method, "model_name_or_path": str(tiny_model),
+              "data_dir": str(data), "max_seq_length": 32, "batch_size": 4,
+              "finetune_epochs": 1, "epochs_per_stage": 1, "output_dir": str(tmp_path / "out"),
+              **extra}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert run.main([str(path)]) == 0
+    return json.loads((tmp_path / "out" / "eval_results.json").read_text())
+
+
+def test_stsb_regression(tmp_path, tiny_model):
+    results = job(tmp_path, tiny_model, "stsb", "STS-B")
+    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(results)
+    # one dev example: a correlation is undefined, and says so
+    assert math.isnan(results["eval_pearson"])
+    txt = (tmp_path / "out" / "eval_results.txt").read_text().splitlines()
+    assert [line.split(" = ")[0] for line in txt] == ["corr", "pearson", "spearmanr"]
+
+
+def test_mnli_matched_and_mismatched_with_inq(tmp_path, tiny_model):
+    results = job(tmp_path, tiny_model, "mnli", "MNLI", method="mb", nbits=2)
+    assert 0 <= results["eval_accuracy"] <= 1 and 0 <= results["eval_accuracy_mm"] <= 1
+    assert "eval_loss_mm" in results
+    assert results["quantized_fraction"] == 1.0
+    assert results["max_distinct_values"] <= 4  # 2 binary terms per row: 4 values
+    txt = (tmp_path / "out" / "eval_results.txt").read_text()
+    assert "acc = " in txt and "mnli-mm_acc = " in txt
+
+
+def test_cola_mcc(tmp_path, tiny_model):
+    results = job(tmp_path, tiny_model, "cola", "CoLA", method="p2", nbits=4)
+    assert -1 <= results["eval_matthews_correlation"] <= 1
+    assert (tmp_path / "out" / "eval_results.txt").read_text().startswith("mcc = ")
+
+
+def test_failure_is_recorded_with_its_reason(tmp_path, tiny_model):
+    config = {"task": "rte", "method": "lin", "nbits": 4, "model_name_or_path": str(tiny_model),
+              "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
+              "quantize_modules": ["no.such.module*"]}
+    write_task(tmp_path, "rte")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert run.main([str(path)]) == 1
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert "quantize_modules matches no nn.Linear" in status["reason"]
+    assert not (tmp_path / "out" / "eval_results.json").exists()
+
+
+def test_unreadable_config(tmp_path, capsys):
+    assert run.main([str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the job config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["a", "b"]])
+def test_usage(argv):
+    assert run.main(argv) == 2
