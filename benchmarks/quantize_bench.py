@@ -4,7 +4,7 @@
     python benchmarks/quantize_bench.py [--device cuda]
 
 For each mode and bit width: the time of the four partitions [0.5, 0.75, 0.875, 1.0] (level-set
-fit at the first, top-k selection and projection at each), median of 3 runs.
+fit at the first, top-k selection and projection at each), median of --repeat runs (default 3).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def bert_weights(device: str) -> dict[str, torch.nn.Parameter]:
             for i in range(12) for j, s in enumerate(SHAPES)}
 
 
-def run(cfg, device: str) -> float:
+def run(cfg, device: str, repeat: int) -> float:
     times = []
-    for _ in range(3):
+    for _ in range(repeat):
         weights = bert_weights(device)
         c = INQController(weights, cfg, [Stage(str(f), 1.0, f) for f in STEPS])
         if device == "cuda":
@@ -49,12 +49,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
     p.add_argument("--bits", default="2,4,8")
+    p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     n = sum(a * b for a, b in SHAPES) * 12
     print(f"{n / 1e6:.1f}M weights on {args.device} ({torch.get_num_threads()} threads)")
     for name, cls in (("lin", LinearINQConfig), ("p2", Pow2INQConfig), ("mb", MultiBitINQConfig)):
         for b in (int(x) for x in args.bits.split(",")):
-            print(f"| {name} | {b} | {run(cls(nbits=b), args.device):.2f} s |")
+            print(f"| {name} | {b} | {run(cls(nbits=b), args.device, args.repeat):.2f} s |")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,21 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None,
+                durable: bool = True) -> None:
+    """Readers see the old file or the new one, never a part. durable=False skips the fsync,
+    for files that are rendered anew on every launch (job scripts and configs)."""
     path = Path(path)
+    if not durable and _same_content(path, data, mode):
+        return  # renaming over a file flushes it on ext4: don't rewrite identical renders
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -27,9 +33,20 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -
         raise
 
 
-def write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
-    write_bytes(path, text.encode("utf-8"), mode)
+def _same_content(path: Path, data: bytes, mode: int | None) -> bool:
+    try:
+        if mode is not None and (path.stat().st_mode & 0o777) != mode:
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=4, sort_keys=True, allow_nan=True) + "\n")
+def write_text(path: str | os.PathLike, text: str, mode: int | None = None,
+               durable: bool = True) -> None:
+    write_bytes(path, text.encode("utf-8"), mode, durable)
+
+
+def write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=4, sort_keys=True, allow_nan=True) + "\n",
+               durable=durable)

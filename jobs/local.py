@@ -134,13 +134,19 @@ class LocalRun:
         self.ledger.update(r.job.id, state=state, exit_status=rc, reason=reason, pid=None)
         return state
 
-    def _stop(self, running: dict[str, _Running]) -> None:
+    @staticmethod
+    def _signal(running: dict[str, _Running], sig: signal.Signals) -> None:
         for r in running.values():
             if r.proc.poll() is None:
                 try:
-                    os.killpg(r.proc.pid, signal.SIGINT)
+                    os.killpg(r.proc.pid, sig)
                 except ProcessLookupError:
                     pass
+
+    def _stop(self, running: dict[str, _Running]) -> None:
+        """SIGINT every running job, wait for them; SIGKILL after the grace period or on a
+        second Ctrl-C."""
+        self._signal(running, signal.SIGINT)
         deadline = time.monotonic() + GRACE_SECONDS
         try:
             while any(r.proc.poll() is None for r in running.values()):
@@ -148,13 +154,9 @@ class LocalRun:
                     raise KeyboardInterrupt
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
+            self._signal(running, signal.SIGKILL)
             for r in running.values():
-                if r.proc.poll() is None:
-                    try:
-                        os.killpg(r.proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    r.proc.wait()
+                r.proc.wait()
 
     def _progress(self, running: int, left: int, event: str) -> None:
         c = self.counts

@@ -55,7 +55,7 @@ def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, Pat
     paths = {}
     for job in jobs:
         path = sweep_dir / "configs" / f"{job.id}.json"
-        write_json(path, runtime_config(spec, job))
+        write_json(path, runtime_config(spec, job), durable=False)
         paths[job.id] = path
     return paths
 
@@ -75,7 +75,7 @@ def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Pa
     text = _env.get_template("job.sh.j2").render(
         **_common(spec, sweep_dir), script_path=str(path), index_var=None,
         jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
-    write_text(path, text, mode=0o755)
+    write_text(path, text, mode=0o755, durable=False)
     return path
 
 
@@ -100,6 +100,6 @@ def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pat
             total=len(jobs), lsf_mem=f"{lsf_mem}MB",
             jobs=[ScriptJob(j.id, label(spec, j), base + i, configs[j.id])
                   for i, j in enumerate(chunk)])
-        write_text(path, text, mode=0o755)
+        write_text(path, text, mode=0o755, durable=False)
         paths.append(path)
     return paths

@@ -103,8 +103,22 @@ class LinearQuantizer:
         return self.scale * k
 
 
+class TableQuantizer:
+    """A quantizer whose fitted state is a table of levels, ascending, per row or per tensor."""
+
+    table: torch.Tensor | None
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        assert self.table is not None, "fit() first"
+        return project_sorted(w, self.table)
+
+    def levels(self) -> torch.Tensor:
+        assert self.table is not None
+        return self.table
+
+
 @dataclass
-class Pow2Quantizer:
+class Pow2Quantizer(TableQuantizer):
     nbits: int
     per_row: bool = False
     table: torch.Tensor | None = None  # ascending levels, (rows|1, L)
@@ -124,13 +138,6 @@ class Pow2Quantizer:
         self.table = torch.cat([-mags.flip(1), zero, mags], dim=1)
         return self
 
-    def project(self, w: torch.Tensor) -> torch.Tensor:
-        assert self.table is not None, "fit() first"
-        return project_sorted(w, self.table)
-
-    def levels(self) -> torch.Tensor:
-        assert self.table is not None
-        return self.table
 
 
 def _sign_patterns(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -173,7 +180,7 @@ def amq_fit(w: torch.Tensor, k: int, cycles: int = 2) -> tuple[torch.Tensor, tor
 
 
 @dataclass
-class MultiBitQuantizer:
+class MultiBitQuantizer(TableQuantizer):
     """AMQ level set per output row, fitted once; projection = nearest of the row's 2**k sums."""
 
     nbits: int
@@ -185,14 +192,6 @@ class MultiBitQuantizer:
         patterns = _sign_patterns(self.nbits, alphas.dtype, alphas.device)
         self.table = (alphas @ patterns.T).sort(dim=1).values
         return self
-
-    def project(self, w: torch.Tensor) -> torch.Tensor:
-        assert self.table is not None, "fit() first"
-        return project_sorted(w, self.table)
-
-    def levels(self) -> torch.Tensor:
-        assert self.table is not None
-        return self.table
 
 
 Quantizer = LinearQuantizer | Pow2Quantizer | MultiBitQuantizer

@@ -62,12 +62,14 @@ def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
     config = AutoConfig.from_pretrained(args.model_name_or_path)
     finetuned = is_finetuned(config, task)
     needs_finetune = {"auto": not finetuned, "always": True, "never": False}[args.finetune]
-    config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=task.num_labels,
-                                        finetuning_task=task.name)
+    if config.num_labels != task.num_labels:
+        config.num_labels = task.num_labels  # resets id2label / label2id
+    config.finetuning_task = task.name
     if task.is_regression:
         config.problem_type = "regression"
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path,
-                                                               config=config)
+    # a head trained for another task (other label count) is replaced by a fresh one
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_name_or_path, config=config, ignore_mismatched_sizes=not finetuned)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
     data = load_glue(task, args.dataset_name, args.data_dir)
 

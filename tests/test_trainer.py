@@ -71,3 +71,21 @@ def test_unreadable_config(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [[], ["a", "b"]])
 def test_usage(argv):
     assert run.main(argv) == 2
+
+
+def test_head_of_another_task_is_replaced_and_finetuned(tmp_path):
+    from quantlib.configs import build
+    from quantlib.demo import write_model
+    from quantlib.trainer import prepare
+
+    mnli_like = write_model(tmp_path / "mnli-model", num_labels=3)
+    write_task(tmp_path / "RTE", "rte")
+    args, method = build({"task": "rte", "method": "fp32", "model_name_or_path": str(mnli_like),
+                          "data_dir": str(tmp_path / "RTE")})
+    ctx = prepare(args, method, tmp_path / "out")
+    assert ctx.model.classifier.out_features == 2
+    assert ctx.needs_finetune and ctx.info["finetuned_checkpoint"] is False
+    same_task = write_model(tmp_path / "rte-model", num_labels=2)
+    args, method = build({"task": "rte", "method": "fp32", "model_name_or_path": str(same_task),
+                          "data_dir": str(tmp_path / "RTE")})
+    assert prepare(args, method, tmp_path / "out2").needs_finetune is False
