@@ -46,6 +46,12 @@ class Resources:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     @property
+    def lsf_rusage_mem(self) -> str:
+        """rusage[mem=...] with its unit: per job, or per core where the site counts so."""
+        mem = -(-self.mem_mb // self.cpus) if self.lsf.mem_per == "core" else self.mem_mb
+        return f"{mem}MB"
+
+    @property
     def time_hhmm(self) -> str:
         return f"{self.time_minutes // 60}:{self.time_minutes % 60:02d}"
 

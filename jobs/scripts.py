@@ -13,6 +13,7 @@ import jinja2
 
 from jobs.atomic import write_json, write_text
 from jobs.grid import Job
+from jobs.resources import Resources
 from jobs.spec import Spec
 from quantlib.configs import with_defaults
 
@@ -79,6 +80,14 @@ def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Pa
     return path
 
 
+def render_lsf_options(res: Resources, name: str, count: int | None, out_path: str,
+                       err_path: str, parallelism: int | None = None) -> str:
+    """The #BSUB lines of a job (count None) or an array of `count` elements."""
+    return _env.get_template("_lsf_options.j2").render(
+        res=res, array_name=name, count=count, parallelism=parallelism, out_path=out_path,
+        err_path=err_path)
+
+
 def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
                   sweep_dir: Path) -> list[Path]:
     """One array script per chunk of at most MAX_ARRAY jobs (`kind`: lsf or slurm)."""
@@ -86,9 +95,6 @@ def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pat
     base = 1 if kind == "lsf" else 0  # LSF array indices start at 1, SLURM's at 0
     chunks = [jobs[i:i + MAX_ARRAY] for i in range(0, len(jobs), MAX_ARRAY)]
     res = spec.resources
-    lsf_mem = res.mem_mb
-    if res.lsf.mem_per == "core":
-        lsf_mem = -(-res.mem_mb // res.cpus)
     paths = []
     for n, chunk in enumerate(chunks, 1):
         name = spec.name if len(chunks) == 1 else f"{spec.name}.{n}"
@@ -97,7 +103,7 @@ def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pat
             **_common(spec, sweep_dir), script_path=str(path), array_name=name,
             index_var="LSB_JOBINDEX" if kind == "lsf" else "SLURM_ARRAY_TASK_ID",
             parallelism=res.array_parallelism, first=chunk[0].index, last=chunk[-1].index,
-            total=len(jobs), lsf_mem=f"{lsf_mem}MB",
+            total=len(jobs),
             jobs=[ScriptJob(j.id, label(spec, j), base + i, configs[j.id])
                   for i, j in enumerate(chunk)])
         write_text(path, text, mode=0o755, durable=False)
