@@ -24,6 +24,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="local: jobs at once (default: visible GPUs / GPUs per job, 1 on CPU)")
     la.add_argument("--sweep-dir", default=None, help="override the spec's sweep_dir")
 
+    st = sub.add_parser("status", help="a table of every job of the sweep(s), with totals")
+    st.add_argument("sweeps", nargs="*", help="sweep directories, specs or names (default: runs/*)")
+
+    ca = sub.add_parser("cancel", help="cancel pending and running jobs")
+    ca.add_argument("sweeps", nargs="*", help="sweep directories, specs or names")
+    ca.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="only jobs whose config matches (repeatable), e.g. task=mrpc")
+
+    lo = sub.add_parser("logs", help="show a job's log")
+    lo.add_argument("job", help="job id (or its prefix), or the scheduler's id")
+    lo.add_argument("sweeps", nargs="*", help="sweep directories, specs or names")
+
     co = sub.add_parser("collect", help="gather job results into a workbook or CSV")
     co.add_argument("paths", nargs="*", default=["runs"],
                     help="sweep or job directories (default: runs)")
@@ -43,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return launch(args.spec, args.backend, dry=args.dry_run, force=args.force,
                           max_parallel=args.max_parallel, sweep_dir=args.sweep_dir)
+        if args.command in ("status", "cancel", "logs"):
+            from jobs import manage
+
+            if args.command == "status":
+                return manage.status(args.sweeps)
+            if args.command == "cancel":
+                return manage.cancel(args.sweeps, args.where)
+            return manage.logs(args.job, args.sweeps)
         from analysis.collect import collect
 
         return collect(args.paths, args.to, args.output)

@@ -14,6 +14,7 @@ from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
 from jobs.scripts import label, render_arrays, render_local, write_configs
 from jobs.spec import Spec, load_spec
+from quantlib.outputs import now
 
 
 def _rel(path: Path) -> str:
@@ -60,10 +61,49 @@ def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = Fal
     if dry:
         return dry_run(spec, jobs, backend, out)
     if backend != "local":
-        raise UserError(f"--backend {backend}: submitting to the cluster is not part of this "
-                        "version; render the job array with --dry-run, or run with --backend "
-                        "local")
+        return submit_cluster(spec, jobs, backend, force=force, out=out)
     return run_local(spec, jobs, force=force, max_parallel=max_parallel, out=out)
+
+
+def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
+                   out: IO[str]) -> int:
+    """Submit what is not completed (all with --force) and not already queued or running;
+    return as soon as the scheduler has it."""
+    from jobs import cluster
+    from jobs.manage import states
+
+    cluster.require(backend)
+    sweep_dir = Path(spec.sweep_dir).absolute()
+    ledger = Ledger(sweep_dir)
+    with ledger.locked():  # no local launch runs meanwhile: we hold its lock
+        ledger.register(spec.name, spec.path, jobs)
+        resolved = states(ledger, launcher_active=False)
+        queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")]
+        todo = [j for j in jobs if j not in queued
+                and (force or resolved[j.id][0] != "completed")]
+        done = len(jobs) - len(todo) - len(queued)
+        if not todo:
+            print(f"sweep {spec.name}: nothing to submit ({done} completed, {len(queued)} "
+                  f"queued or running)", file=out)
+            return 0
+        configs = write_configs(spec, todo, sweep_dir)
+        handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
+                                 spec.resources, [str(configs[j.id]) for j in todo])
+        for job, handle in zip(todo, handles):
+            entry = ledger.jobs[job.id]
+            ledger.jobs[job.id].update(
+                state="submitted", backend=backend, scheduler_id=handle.job_id,
+                submitted=now(), attempts=entry.get("attempts", 0) + 1, exit_status=None,
+                reason=None, log=str(handle.paths.stdout))
+        ledger.save()
+    arrays = sorted({h.job_id.split("_")[0] for h in handles})
+    print(f"sweep {spec.name}: submitted {len(todo)} jobs to {backend.upper()} "
+          f"(job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}); {done} already "
+          f"completed, {len(queued)} queued or running", file=out)
+    print(f"follow with: sweep status {shlex.quote(_rel(sweep_dir))}; a job's log: sweep logs "
+          f"JOB_ID {shlex.quote(_rel(sweep_dir))}; results: sweep collect "
+          f"{shlex.quote(_rel(sweep_dir))}", file=out)
+    return 0
 
 
 def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | None,
@@ -95,6 +135,9 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
               flush=True)
         if not todo:
             return 0
+        for job in todo:  # queued here; `sweep status` shows them pending while we run
+            ledger.jobs[job.id].update(state="pending", backend="local")
+        ledger.save()
         configs = write_configs(spec, todo, sweep_dir)
         work = [(j, render_local(spec, j, configs[j.id], sweep_dir), label(spec, j))
                 for j in todo]

@@ -19,7 +19,8 @@ from jobs.grid import Job
 from quantlib.outputs import is_complete, now, read_status
 
 LEDGER = "ledger.json"
-STATES = ("pending", "running", "completed", "failed", "interrupted")
+STATES = ("missing", "pending", "submitted", "running", "completed", "failed", "interrupted",
+          "cancelled")
 
 
 class Ledger:
@@ -64,11 +65,25 @@ class Ledger:
         finally:
             fh.close()
 
+    def launcher_active(self) -> bool:
+        """Is a launch of this sweep running now (holding its lock)?"""
+        try:
+            fh = open(self.sweep_dir / ".launch.lock")
+        except FileNotFoundError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
     def register(self, spec_name: str, spec_path: str, jobs: list[Job]) -> None:
         self.data["sweep"] = spec_name
         self.data["spec"] = str(Path(spec_path).absolute())
         for job in jobs:
-            entry = self.jobs.setdefault(job.id, {"state": "pending", "attempts": 0})
+            entry = self.jobs.setdefault(job.id, {"state": "missing", "attempts": 0})
             entry.update(index=job.index, config=job.config, output_dir=str(job.output_dir))
         self.save()
 
@@ -84,7 +99,7 @@ class Ledger:
         elif entry.get("state") == "completed":
             # results went missing since: the job has to run again
             status = read_status(job.output_dir)
-            entry["state"] = (status or {}).get("state", "pending")
+            entry["state"] = (status or {}).get("state", "missing")
             if entry["state"] == "completed":
                 entry["state"] = "failed"
         return entry["state"]

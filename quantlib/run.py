@@ -85,5 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_config(config_path: str) -> dict:
+    """What cluster jobs run (pickled by reference by submitit): the entry point, in process.
+    Returns the results; raises when the job did not complete, so the scheduler's record and
+    submitit's agree with status.json."""
+    from quantlib.outputs import read_json, read_status
+
+    rc = main([config_path])
+    out_dir = Path(json.loads(Path(config_path).read_text(encoding="utf-8"))["output_dir"])
+    if rc != 0:
+        status = read_status(out_dir) or {}
+        raise RuntimeError(f"job failed (exit status {rc}): {status.get('reason')}")
+    return read_json(out_dir / "eval_results.json") or {}
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,9 +139,3 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
-
-
-def test_real_submission_is_refused_clearly(tmp_path):
-    proc = sweep_cli("launch", str(INQ_MRPC), "--backend", "slurm", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "--dry-run" in proc.stderr and "Traceback" not in proc.stderr

@@ -103,9 +103,7 @@ def test_relaunch_skips_completed_and_reruns_missing(sweep):
     again = sweep_cli("launch", str(spec), "--backend", "local", cwd=root)
     assert again.returncode == 0
     assert "4 jobs, 4 already completed (rerun: --force), 0 to run" in again.stdout
-    jobs = ledger(root)
-    lin = by_method(jobs)[("lin", str(Path(jobs[next(iter(jobs))]["config"]
-                                             ["model_name_or_path"]))[-9:])]
+    lin = next(e for e in ledger(root).values() if e["config"]["method"] == "lin")
     (Path(lin["output_dir"]) / "eval_results.json").unlink()  # its results are gone
     rerun = sweep_cli("launch", str(spec), "--backend", "local", cwd=root)
     assert rerun.returncode == 0, rerun.stderr
@@ -201,3 +199,13 @@ def test_collected_workbook(sweep):
     assert [t.split(" (")[0] for t in titles] == ["Power of 2", "Linear", "FP32", "FP32"]
     assert rows[2][0] == "SST-2(acc)" and isinstance(rows[2][1], float)
     assert len(list(wb["runs"].iter_rows())) == 5
+
+
+def test_status_of_a_finished_local_sweep(sweep):
+    root, _, _ = sweep
+    proc = sweep_cli("status", str(root / "runs/tiny"), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[:6] == ["job", "id", "task", "method", "nbits", "scheduler"]
+    assert lines[-1] == "4 jobs: 4 completed"
+    assert all(" completed " in line for line in lines[2:-1])

@@ -1,0 +1,118 @@
+"""Cluster backends through submitit: SLURM (submitit's own executor) and LSF (our plugin).
+
+A sweep goes out as job arrays (`map_array`; LSF chunks at 1000 elements); each element runs
+`quantlib.run.run_config(CONFIG)`, the same entry point as the local backend. The scheduler is
+asked for states in one call for all ids; it is advisory: files in each job's output directory
+are the truth (see jobs.state).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import UserError
+from jobs.resources import Resources
+
+SUBMITIT_DIR = "submitit"  # under the sweep directory: pickles, submission scripts, logs
+COMMANDS = {"slurm": "sbatch", "lsf": "bsub"}
+
+
+def _slurm_extra(lines: list[str]) -> dict[str, Any]:
+    """'--exclusive', '--qos=high' -> sbatch additional_parameters."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        key, sep, value = line.strip().lstrip("-").partition("=")
+        out[key] = value if sep else True
+    return out
+
+
+def executor_parameters(backend: str, name: str, res: Resources) -> dict[str, Any]:
+    if backend == "slurm":
+        params: dict[str, Any] = {
+            "job_name": name, "time": res.time_minutes, "cpus_per_task": res.cpus,
+            "mem": f"{res.mem_mb}M", "signal_delay_s": res.slurm.signal_seconds or 90,
+            "array_parallelism": res.array_parallelism or 256,
+            "additional_parameters": _slurm_extra(res.slurm.extra) or None,
+        }
+        if res.gpus:
+            if res.slurm.gpu_syntax == "gpus":
+                params["gpus_per_node"] = res.gpus
+            else:
+                params["gres"] = f"gpu:{res.gpus}"
+        optional = {"partition": res.slurm.partition or res.queue,
+                    "account": res.slurm.account or res.project,
+                    "constraint": res.slurm.constraint}
+        params.update({k: v for k, v in optional.items() if v})
+        return params
+    return {"job_name": name, "time": res.time_minutes, "cpus": res.cpus,
+            "mem_mb": res.mem_mb, "gpus": res.gpus, "queue": res.queue, "project": res.project,
+            "array_parallelism": res.array_parallelism, "gpu_syntax": res.lsf.gpu_syntax,
+            "gpu_resource": res.lsf.gpu_resource, "mem_per": res.lsf.mem_per,
+            "warn_minutes": res.lsf.warn_minutes, "extra": list(res.lsf.extra)}
+
+
+def require(backend: str) -> None:
+    command = COMMANDS[backend]
+    if shutil.which(command) is None:
+        raise UserError(f"--backend {backend}: `{command}` is not on PATH: run on a "
+                        f"{backend.upper()} login node, or use --dry-run to render the scripts")
+
+
+def make_executor(backend: str, folder: Path, name: str, res: Resources):
+    require(backend)
+    if backend == "slurm":
+        from submitit import SlurmExecutor
+
+        executor = SlurmExecutor(folder=folder)
+    else:
+        from jobs.lsf import LsfExecutor
+
+        executor = LsfExecutor(folder=folder)
+    executor.update_parameters(**executor_parameters(backend, name, res))
+    return executor
+
+
+def submit(backend: str, folder: Path, name: str, res: Resources,
+           config_paths: list[str]) -> list[Any]:
+    """Submit one array element per config; returns submitit jobs in the same order."""
+    from quantlib.run import run_config
+
+    executor = make_executor(backend, folder, name, res)
+    if len(config_paths) == 1:
+        return [executor.submit(run_config, config_paths[0])]
+    return executor.map_array(run_config, config_paths)
+
+
+def job_handle(backend: str, folder: Path, scheduler_id: str):
+    """A submitit job object for a recorded id (paths to its logs, cancel)."""
+    if backend == "slurm":
+        from submitit.slurm.slurm import SlurmJob
+
+        return SlurmJob(folder=folder, job_id=scheduler_id)
+    from jobs.lsf import LsfJob
+
+    return LsfJob(folder=folder, job_id=scheduler_id)
+
+
+def scheduler_states(backend: str, folder: Path, ids: list[str]) -> dict[str, str]:
+    """One sacct / bjobs call for every id; {id: submitit-style state}. UNKNOWN where the
+    scheduler does not know the id (any more)."""
+    if not ids or shutil.which("sacct" if backend == "slurm" else "bjobs") is None:
+        return {}
+    handles = {i: job_handle(backend, folder, i) for i in ids}
+    watcher = next(iter(handles.values())).watcher
+    for i in ids:
+        watcher.register_job(i)
+    watcher.update()
+    out = {}
+    for i, handle in handles.items():
+        state = handle.state if backend == "lsf" else watcher.get_state(i, mode="cache")
+        out[i] = state.split()[0].upper() if state else "UNKNOWN"  # "CANCELLED by 0"
+    return out
+
+
+def cancel(backend: str, folder: Path, ids: list[str]) -> None:
+    for i in ids:
+        job_handle(backend, folder, i).cancel(check=False)

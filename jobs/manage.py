@@ -1,0 +1,159 @@
+"""`sweep status`, `sweep cancel` and `sweep logs`: a running sweep, from its ledger."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from jobs import cluster
+from jobs.errors import UserError
+from jobs.ledger import LEDGER, Ledger
+from jobs.state import elapsed, job_state
+
+CLUSTER = ("slurm", "lsf")
+
+
+def sweep_dirs(targets: list[str]) -> list[Path]:
+    """Sweep directories from directories, spec files or sweep names (default: runs/*)."""
+    if not targets:
+        found = sorted(p.parent for p in Path("runs").glob(f"*/{LEDGER}"))
+        if not found:
+            raise UserError("runs: no sweep with a ledger here; give a sweep directory")
+        return found
+    out = []
+    for t in targets:
+        path = Path(t)
+        if path.is_file() and path.suffix in (".yaml", ".yml"):
+            from jobs.spec import load_spec
+
+            path = Path(load_spec(path).sweep_dir)
+        elif not path.exists() and (Path("runs") / t).is_dir():
+            path = Path("runs") / t
+        if not (path / LEDGER).is_file():
+            raise UserError(f"{t}: no {LEDGER} there (launch the sweep first, or give its "
+                            "directory)")
+        out.append(path)
+    return out
+
+
+def states(ledger: Ledger, launcher_active: bool | None = None
+           ) -> dict[str, tuple[str, str | None]]:
+    """Every job's (state, reason); one scheduler call per backend."""
+    if launcher_active is None:
+        launcher_active = ledger.launcher_active()
+    folder = ledger.sweep_dir / cluster.SUBMITIT_DIR
+    sched: dict[str, str] = {}
+    for backend in CLUSTER:
+        ids = [e["scheduler_id"] for e in ledger.jobs.values()
+               if e.get("backend") == backend and e.get("scheduler_id")]
+        sched.update({f"{backend}:{k}": v
+                      for k, v in cluster.scheduler_states(backend, folder, ids).items()})
+    out = {}
+    for jid, e in ledger.jobs.items():
+        key = f"{e.get('backend')}:{e.get('scheduler_id')}"
+        asked = e.get("backend") in CLUSTER and e.get("scheduler_id")
+        out[jid] = job_state(e, sched.get(key, "UNKNOWN") if asked and sched else None,
+                             launcher_active)
+    return out
+
+
+def log_path(ledger: Ledger, entry: dict[str, Any]) -> str:
+    if entry.get("backend") in CLUSTER and entry.get("scheduler_id"):
+        handle = cluster.job_handle(entry["backend"], ledger.sweep_dir / cluster.SUBMITIT_DIR,
+                                    entry["scheduler_id"])
+        return str(handle.paths.stdout)
+    return entry.get("log") or "-"
+
+
+def _rel(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def status(targets: list[str], out: IO[str] = sys.stdout) -> int:
+    for sweep_dir in sweep_dirs(targets):
+        ledger = Ledger(sweep_dir)
+        resolved = states(ledger)
+        head = ["job id", "task", "method", "nbits", "scheduler id", "state", "elapsed",
+                "reason", "log"]
+        rows = []
+        for jid, e in sorted(ledger.jobs.items(), key=lambda kv: kv[1].get("index", 0)):
+            state, reason = resolved[jid]
+            c = e.get("config", {})
+            rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
+                         str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
+                         elapsed(e), (reason or "-")[:60], _rel(log_path(ledger, e))])
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({_rel(str(sweep_dir))})",
+              file=out)
+        for r in [head, *rows]:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
+        totals: dict[str, int] = {}
+        for state, _ in resolved.values():
+            totals[state] = totals.get(state, 0) + 1
+        print(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(totals.items())),
+              file=out)
+    return 0
+
+
+def _matches(config: dict[str, Any], where: list[str]) -> bool:
+    for cond in where:
+        key, sep, value = cond.partition("=")
+        if not sep:
+            raise UserError(f"--where {cond}: write KEY=VALUE, e.g. task=mrpc")
+        if str(config.get(key)) != value:
+            return False
+    return True
+
+
+def cancel(targets: list[str], where: list[str], out: IO[str] = sys.stdout) -> int:
+    for sweep_dir in sweep_dirs(targets):
+        ledger = Ledger(sweep_dir)
+        resolved = states(ledger)
+        picked = [jid for jid, e in ledger.jobs.items()
+                  if resolved[jid][0] in ("pending", "running")
+                  and _matches(e.get("config", {}), where)]
+        by_backend: dict[str, list[str]] = {}
+        for jid in picked:
+            e = ledger.jobs[jid]
+            if e.get("backend") in CLUSTER:
+                by_backend.setdefault(e["backend"], []).append(e["scheduler_id"])
+            elif e.get("pid"):
+                try:  # the local launcher's child: its whole process group
+                    os.killpg(e["pid"], signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+            ledger.update(jid, state="cancelled", reason="cancelled by sweep cancel")
+        for backend, ids in by_backend.items():
+            cluster.cancel(backend, sweep_dir / cluster.SUBMITIT_DIR, ids)
+        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)}: cancelled {len(picked)} "
+              "jobs; relaunch to resubmit them", file=out)
+    return 0
+
+
+def logs(job: str, targets: list[str], out: IO[str] = sys.stdout) -> int:
+    for sweep_dir in sweep_dirs(targets):
+        ledger = Ledger(sweep_dir)
+        hits = [(jid, e) for jid, e in ledger.jobs.items()
+                if jid.startswith(job) or str(e.get("scheduler_id")) == job]
+        if len(hits) > 1:
+            raise UserError(f"{job}: matches {len(hits)} jobs; give more of the id")
+        if not hits:
+            continue
+        jid, e = hits[0]
+        paths = [log_path(ledger, e)]
+        if e.get("backend") in CLUSTER:
+            paths.append(paths[0].replace("_log.out", "_log.err"))
+        for path in paths:
+            print(f"==> {_rel(path)} <==", file=out)
+            try:
+                print(Path(path).read_text(errors="replace"), file=out, end="")
+            except OSError:
+                print("(no log yet)", file=out)
+        return 0
+    raise UserError(f"{job}: no such job in {', '.join(map(str, sweep_dirs(targets)))}")

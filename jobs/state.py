@@ -1,0 +1,79 @@
+"""A job's state from what is on disk, the ledger and (advisory) the scheduler.
+
+Files are the truth: a job whose results exist is completed whatever the scheduler says; a job
+the scheduler no longer knows and that left no results is failed, never "running" forever.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from quantlib.outputs import is_complete, read_status
+
+QUEUED = {"PENDING", "REQUEUED", "READY", "CONFIGURING", "RESV_DEL_HOLD", "REQUEUE_HOLD"}
+ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
+LOST_AFTER_S = 120  # a submission the scheduler never heard of by then is lost
+
+
+def _age_s(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return None
+
+
+def job_state(entry: dict[str, Any], sched: str | None,
+              launcher_active: bool = False) -> tuple[str, str | None]:
+    """(state, reason): completed, pending, running, failed, interrupted, cancelled or missing
+    (never launched). sched: the scheduler's state for the job's id, None when not asked;
+    launcher_active: a local launch of the sweep is running now."""
+    out = Path(entry.get("output_dir", ""))
+    if is_complete(out):
+        return "completed", None
+    if sched in QUEUED:
+        return "pending", None
+    if sched in ACTIVE:
+        return "running", None
+    status = read_status(out) or {}
+    file_state, file_reason = status.get("state"), status.get("reason")
+    if entry.get("state") == "cancelled":
+        return "cancelled", file_reason or entry.get("reason") or "cancelled"
+    if sched == "CANCELLED":
+        return "cancelled", "cancelled on the scheduler"
+    if file_state in ("failed", "interrupted"):
+        return file_state, file_reason
+    if sched == "COMPLETED":
+        return "failed", "exited without results"
+    if sched and sched != "UNKNOWN":
+        return "failed", f"scheduler: {sched}"
+    if entry.get("backend") is None:
+        return "missing", None
+    if entry.get("backend") == "local":
+        state = entry.get("state", "missing")
+        if state in ("pending", "running") and not launcher_active:
+            return ("interrupted", "the launcher stopped") if state == "running" else (
+                "missing", None)
+        return ("missing" if state == "completed" else state), entry.get("reason")
+    # a cluster job the scheduler does not know (any more) and that left no results
+    if sched is None and file_state == "running":
+        return "running", None  # the scheduler was not asked: trust the job's marker
+    age = _age_s(entry.get("submitted"))
+    if age is not None and age < LOST_AFTER_S:
+        return "pending", None
+    return "failed", "lost: the scheduler no longer knows the job and it left no results"
+
+
+def elapsed(entry: dict[str, Any]) -> str:
+    status = read_status(entry.get("output_dir", "")) or {}
+    seconds = status.get("elapsed_s")
+    if seconds is None and status.get("state") == "running":
+        seconds = _age_s(status.get("started"))
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

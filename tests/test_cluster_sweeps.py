@@ -1,0 +1,183 @@
+"""Sweeps on clusters through `sweep`: launch returns at once, status, relaunch, cancel, logs,
+collect. LSF against the stand-in in tests/lsf_standin; SLURM against the real single-node
+cluster that tests/slurm/start.sh starts (skipped with the reason when none answers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_spec
+
+from jobs.state import job_state
+
+STANDIN = Path(__file__).parent / "lsf_standin" / "bin"
+SLURM_CONF = Path(os.environ.get("QUANTSWEEP_SLURM_DIR", "/tmp/quantsweep-slurm")) / "slurm.conf"
+
+SPEC = """
+name: {name}
+grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
+include:
+  - {{task: sst2, method: fp32, seed: 3, finetune_epochs: 500}}
+  - {{task: sst2, method: fp32, seed: 4, data_dir: {missing}}}
+base:
+  model_name_or_path: {model}
+  data_dir: {data}
+  finetune_epochs: 0.25
+  max_train_samples: 64
+  max_eval_samples: 32
+resources: {{cpus: 1, mem: 1000, time: 20}}
+"""
+
+
+def slurm_env() -> dict[str, str] | None:
+    if not SLURM_CONF.is_file() or shutil.which("sinfo") is None:
+        return None
+    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
+    try:
+        ok = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+                            text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return env if ok.returncode == 0 and re.search(r"idle|mixed|alloc", ok.stdout) else None
+
+
+@pytest.fixture
+def lsf_env(tmp_path):
+    return {**os.environ, "PATH": f"{STANDIN}{os.pathsep}{os.environ['PATH']}",
+            "LSF_STANDIN_DIR": str(tmp_path / "lsf-state"),
+            "LSF_STANDIN_TERMINATE_INTERVAL": "2"}
+
+
+@pytest.fixture
+def slurm():
+    env = slurm_env()
+    if env is None:
+        pytest.skip(f"no SLURM answers (start one with tests/slurm/start.sh; looked for "
+                    f"{SLURM_CONF})")
+    return env
+
+
+def cli(env, cwd, *args):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def table(env, cwd, sweep) -> dict[str, list[str]]:
+    """seed -> row of `sweep status`."""
+    proc = cli(env, cwd, "status", sweep)
+    assert proc.returncode == 0, proc.stderr
+    ledger = json.loads((cwd / "runs" / sweep / "ledger.json").read_text())["jobs"]
+    seeds = {jid: e["config"]["seed"] for jid, e in ledger.items()}
+    rows = {}
+    for line in proc.stdout.splitlines()[2:-1]:
+        cols = re.split(r"\s{2,}", line.strip())
+        rows[seeds[cols[0]]] = cols
+    return rows
+
+
+def wait_for(env, cwd, sweep, want: dict[int, str], seconds=240):
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = table(env, cwd, sweep)
+        got = {seed: row[5] for seed, row in rows.items() if seed in want}
+        if got == want:
+            return rows
+        if time.monotonic() > deadline:
+            pytest.fail(f"states {got}, wanted {want}\n{cli(env, cwd, 'status', sweep).stdout}")
+        time.sleep(1.0)
+
+
+def scenario(env, tmp_path, tiny_model, demo_task, backend):
+    name = f"on{backend}"
+    spec = write_spec(tmp_path, SPEC.format(name=name, model=tiny_model, data=demo_task,
+                                            missing=tmp_path / "missing"))
+    start = time.monotonic()
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    assert launched.returncode == 0, launched.stderr
+    assert time.monotonic() - start < 30  # returns once submitted, not when done
+    assert f"submitted 4 jobs to {backend.upper()}" in launched.stdout
+    assert "follow with: sweep status runs/" in launched.stdout
+    rows = wait_for(env, tmp_path, name, {1: "completed", 2: "completed", 3: "running",
+                                          4: "failed"})
+    assert "data_dir" in rows[4][7]  # the failure's reason, from the job's status.json
+    assert all(rows[s][4] != "-" for s in rows)  # scheduler ids recorded
+    again = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    assert "nothing to submit" not in again.stdout  # the failed job goes again ...
+    assert "submitted 1 jobs" in again.stdout and "1 queued or running" in again.stdout
+    cancelled = cli(env, tmp_path, "cancel", name, "--where", "seed=3")
+    assert cancelled.returncode == 0 and "cancelled 1 jobs" in cancelled.stdout
+    rows = wait_for(env, tmp_path, name, {1: "completed", 2: "completed", 3: "cancelled",
+                                          4: "failed"})
+    totals = cli(env, tmp_path, "status", name).stdout.splitlines()[-1]
+    assert totals == "4 jobs: 1 cancelled, 2 completed, 1 failed"
+    log = cli(env, tmp_path, "logs", rows[1][0], name)
+    assert log.returncode == 0 and "quantlib.run: completed" in log.stdout
+    collected = cli(env, tmp_path, "collect", f"runs/{name}", "-o", "r.xlsx")
+    assert collected.returncode == 0 and collected.stdout.startswith("4 jobs")
+    return name, spec
+
+
+def test_lsf_sweep(lsf_env, tmp_path, tiny_model, demo_task):
+    name, spec = scenario(lsf_env, tmp_path, tiny_model, demo_task, "lsf")
+    scripts = [p.read_text() for p in (tmp_path / "runs" / name / "submitit").glob("*.sh")]
+    array = next(s for s in scripts if '#BSUB -J "onlsf[1-4]"' in s)  # then a rerun of 1
+    assert '#BSUB -R "rusage[mem=1000MB]"' in array
+    # the LSF stand-in forgets finished jobs: files keep the states
+    (tmp_path / "lsf-state" / "jobs").rename(tmp_path / "lsf-forgotten")
+    (tmp_path / "lsf-state" / "jobs").mkdir()
+    rows = table(lsf_env, tmp_path, name)
+    assert [rows[s][5] for s in (1, 2, 3, 4)] == ["completed", "completed", "cancelled",
+                                                  "failed"]
+
+
+def test_slurm_sweep(slurm, tmp_path, tiny_model, demo_task):
+    name, _ = scenario(slurm, tmp_path, tiny_model, demo_task, "slurm")
+    scripts = [p.read_text() for p in (tmp_path / "runs" / name / "submitit").glob("*.sh")]
+    array = next(s for s in scripts if "#SBATCH --array=0-3%4" in s)
+    assert "#SBATCH --mem=1000M" in array and "#SBATCH --time=20" in array
+
+
+def test_launch_without_the_scheduler_is_a_clear_error(tmp_path, tiny_model, demo_task):
+    spec = write_spec(tmp_path, SPEC.format(name="x", model=tiny_model, data=demo_task,
+                                            missing="m"))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    proc = cli(env, tmp_path, "launch", str(spec), "--backend", "lsf")
+    assert proc.returncode == 2
+    assert "`bsub` is not on PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("entry, sched, launcher, want", [
+    ({"backend": "slurm", "submitted": "2000-01-01T00:00:00+0000"}, "PENDING", False, "pending"),
+    ({"backend": "slurm"}, "RUNNING", False, "running"),
+    ({"backend": "lsf"}, "COMPLETED", False, "failed"),  # exited without results
+    ({"backend": "slurm"}, "TIMEOUT", False, "failed"),
+    ({"backend": "slurm"}, "CANCELLED", False, "cancelled"),
+    ({"backend": "slurm", "state": "cancelled"}, "UNKNOWN", False, "cancelled"),
+    ({"backend": "slurm", "submitted": "2000-01-01T00:00:00+0000"}, "UNKNOWN", False, "failed"),
+    ({"backend": "slurm", "submitted": "2999-01-01T00:00:00+0000"}, "UNKNOWN", False, "pending"),
+    ({"backend": "local", "state": "running"}, None, True, "running"),
+    ({"backend": "local", "state": "running"}, None, False, "interrupted"),  # launcher gone
+    ({"backend": "local", "state": "pending"}, None, False, "missing"),
+    ({"state": "missing"}, None, False, "missing"),  # never launched
+])
+def test_state_resolution(tmp_path, entry, sched, launcher, want):
+    entry = {**entry, "output_dir": str(tmp_path / "none")}
+    assert job_state(entry, sched, launcher)[0] == want
+
+
+def test_results_on_disk_win_over_the_scheduler(tmp_path):
+    (tmp_path / "status.json").write_text('{"state": "completed"}')
+    (tmp_path / "eval_results.json").write_text("{}")
+    for sched in ("RUNNING", "FAILED", "UNKNOWN", None):
+        assert job_state({"backend": "slurm", "output_dir": str(tmp_path)}, sched)[0] \
+            == "completed"
+    assert job_state({"backend": "slurm", "output_dir": str(tmp_path / "x"),
+                      "submitted": "2000-01-01T00:00:00+0000"}, "UNKNOWN")[1].startswith("lost")
