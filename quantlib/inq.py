@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -166,7 +167,30 @@ class INQController(TrainerCallback):
             h.remove()
         self._hooks = []
 
+    # -- checkpoints ----------------------------------------------------------------------
+    STATE_FILE = "inq_state.pt"
+
+    def state_dict(self) -> dict:
+        return {"applied": self.applied, "masks": self.masks, "values": self.values,
+                "quantizers": self.quantizers, "generator": self.generator.get_state()}
+
+    @torch.no_grad()
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Restore the partition from a checkpoint (in place: the gradient hooks hold the
+        mask tensors)."""
+        state = torch.load(Path(checkpoint_dir) / self.STATE_FILE, weights_only=False)
+        self.applied = state["applied"]
+        for name in self.masks:
+            self.masks[name].copy_(state["masks"][name])
+            self.values[name] = state["values"][name].to(self.values[name].device)
+        self.quantizers = state["quantizers"]
+        self.generator.set_state(state["generator"])
+
     # -- TrainerCallback events ----------------------------------------------------------
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        torch.save(self.state_dict(), folder / self.STATE_FILE)
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.starts = stage_starts(state.max_steps, [s.epochs for s in self.stages])
         self.apply_due(state.global_step)

@@ -2,6 +2,8 @@
 
 Writes into the config's output_dir: config.json (as run), status.json (running, then
 completed / failed / interrupted with a reason), eval_results.json and eval_results.txt.
+SIGUSR2 (the schedulers' time-limit warning) checkpoints at the end of the current step and
+exits with preemption.REQUEUE; the next run of the same config resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from jobs.atomic import write_json
+from quantlib import preemption
 from quantlib.outputs import CONFIG, now, write_results, write_status
 
 
@@ -60,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
                  ended=None, job_id=config.get("job_id"))
-    signal.signal(signal.SIGTERM, _on_term)
+    preemption.install()  # SIGUSR2: checkpoint at the end of the step, then stop
+    if not os.environ.get("SUBMITIT_EXECUTOR"):  # under submitit, SIGTERM is its business
+        signal.signal(signal.SIGTERM, _on_term)
     try:
         results, info = run_job(config, out_dir)
+    except preemption.Preempted as exc:
+        write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
+                     elapsed_s=round(time.monotonic() - start, 1))
+        print(f"quantlib.run: {exc}; run it again to resume", file=sys.stderr)
+        return preemption.REQUEUE
     except KeyboardInterrupt:
         write_status(out_dir, "interrupted", reason="SIGINT", ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1))
@@ -93,6 +103,11 @@ def run_config(config_path: str) -> dict:
 
     rc = main([config_path])
     out_dir = Path(json.loads(Path(config_path).read_text(encoding="utf-8"))["output_dir"])
+    if rc == preemption.REQUEUE:
+        import submitit
+
+        submitit.JobEnvironment()._requeue(0)  # scontrol requeue / brequeue: same job again
+        raise SystemExit(rc)  # no result: the requeued run resumes from the checkpoint
     if rc != 0:
         status = read_status(out_dir) or {}
         raise RuntimeError(f"job failed (exit status {rc}): {status.get('reason')}")

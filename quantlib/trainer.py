@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
-from quantlib import metrics
+from quantlib import metrics, preemption
 from quantlib.configs import MethodConfig, TrainArgs
 from quantlib.data import load_glue
 from quantlib.inq import stage_starts, staged_lr_lambda
@@ -139,14 +141,36 @@ def make_trainer(ctx: JobContext, stage_epochs: list[float],
         stage_epochs=stage_epochs, warmup_ratio=a.warmup_ratio)
 
 
+class SaveAndStopOnRequest(TrainerCallback):
+    """At the end of the step during which the warning signal came: checkpoint, then stop."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if preemption.REQUEST.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
 def train_stages(ctx: JobContext, stage_epochs: list[float],
                  callbacks: list[TrainerCallback]) -> StagedTrainer:
-    """Train through the stages (skipped when they add up to no epochs)."""
-    trainer = make_trainer(ctx, stage_epochs, callbacks)
-    if sum(stage_epochs) > 0:
-        result = trainer.train()
-        ctx.info["train_loss"] = float(result.training_loss)
-        ctx.info["train_steps"] = int(result.global_step)
+    """Train through the stages (skipped when they add up to no epochs), resuming from the
+    job's last checkpoint if a previous run of it was preempted."""
+    trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()])
+    if sum(stage_epochs) <= 0:
+        return trainer
+    ckpt_dir = ctx.out_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+        ctx.info["resumed_from_step"] = int(last.rsplit("-", 1)[-1])
+        for cb in callbacks:
+            if hasattr(cb, "load_checkpoint"):
+                cb.load_checkpoint(last)
+    result = trainer.train(resume_from_checkpoint=last)
+    if preemption.REQUEST.requested:
+        raise preemption.Preempted(trainer.state.global_step, preemption.REQUEST.signal_name)
+    ctx.info["train_loss"] = float(result.training_loss)
+    ctx.info["train_steps"] = int(result.global_step)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints served their turn
     return trainer
 
 

@@ -181,3 +181,56 @@ def test_results_on_disk_win_over_the_scheduler(tmp_path):
             == "completed"
     assert job_state({"backend": "slurm", "output_dir": str(tmp_path / "x"),
                       "submitted": "2000-01-01T00:00:00+0000"}, "UNKNOWN")[1].startswith("lost")
+
+
+LONG = """
+name: {name}
+grid: {{task: [sst2], method: [lin], nbits: [2]}}
+base:
+  model_name_or_path: {model}
+  data_dir: {data}
+  max_seq_length: 24
+  batch_size: 16
+  learning_rate: 5.0e-4
+  finetune_epochs: 30
+  epochs_per_stage: 4
+  max_train_samples: 400
+  max_eval_samples: 64
+  seed: 11
+resources: {{cpus: 1, mem: 2000, time: 1, slurm: {{signal_seconds: 40}}}}
+"""
+
+
+def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model, demo_task):
+    """Training (~45 s) outlasts the 1-minute limit's warning (USR2 40 s before it): the job
+    checkpoints, requeues itself, resumes, and ends with an uninterrupted run's results."""
+    spec = write_spec(tmp_path, LONG.format(name="limited", model=tiny_model, data=demo_task))
+    launched = cli(slurm, tmp_path, "launch", str(spec), "--backend", "slurm")
+    assert launched.returncode == 0, launched.stderr
+    deadline = time.monotonic() + 420
+    ledger_path = tmp_path / "runs/limited/ledger.json"
+    while True:
+        entry = next(iter(json.loads(ledger_path.read_text())["jobs"].values()))
+        out = Path(entry["output_dir"])
+        if (out / "eval_results.json").exists():
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(cli(slurm, tmp_path, "status", "limited").stdout)
+        time.sleep(2)
+    resumed = json.loads((out / "eval_results.json").read_text())
+    assert resumed.get("resumed_from_step", 0) > 0  # it was cut and came back
+    sacct = subprocess.run(["sacct", "-j", entry["scheduler_id"].split("_")[0], "-D", "-X",
+                            "-n", "-o", "State"], env=slurm, capture_output=True, text=True)
+    assert sacct.returncode == 0  # -D lists every requeued run of the job
+    assert len(sacct.stdout.split()) >= 2, sacct.stdout
+    config = json.loads(Path(tmp_path / "runs/limited/configs" /
+                             f"{next(iter(json.loads(ledger_path.read_text())['jobs']))}.json")
+                        .read_text())
+    config["output_dir"] = str(tmp_path / "uninterrupted")
+    (tmp_path / "plain.json").write_text(json.dumps(config))
+    plain = subprocess.run([sys.executable, "-m", "quantlib.run", str(tmp_path / "plain.json")],
+                           capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    reference = json.loads((tmp_path / "uninterrupted" / "eval_results.json").read_text())
+    for key in ("eval_accuracy", "eval_loss", "train_steps"):
+        assert resumed[key] == reference[key], key
