@@ -14,7 +14,7 @@ from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
 
 LEDGER = "ledger.json"
 SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "__pycache__"}
-RUN_KEYS = ("job_id", "sweep", "output_dir")  # bookkeeping, not configuration
+RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node")  # bookkeeping, not config
 
 
 @dataclass

@@ -28,9 +28,12 @@ def _slurm_extra(lines: list[str]) -> dict[str, Any]:
     return out
 
 
-def executor_parameters(backend: str, name: str, res: Resources) -> dict[str, Any]:
+def executor_parameters(backend: str, name: str, res: Resources,
+                        setup: list[str] | None = None) -> dict[str, Any]:
+    setup = list(setup or [])
     if backend == "slurm":
         params: dict[str, Any] = {
+            "setup": setup or None,
             "job_name": name, "time": res.time_minutes, "cpus_per_task": res.cpus,
             "mem": f"{res.mem_mb}M", "signal_delay_s": res.slurm.signal_seconds or 90,
             "array_parallelism": res.array_parallelism or 256,
@@ -46,7 +49,7 @@ def executor_parameters(backend: str, name: str, res: Resources) -> dict[str, An
                     "constraint": res.slurm.constraint}
         params.update({k: v for k, v in optional.items() if v})
         return params
-    return {"job_name": name, "time": res.time_minutes, "cpus": res.cpus,
+    return {"setup": setup, "job_name": name, "time": res.time_minutes, "cpus": res.cpus,
             "mem_mb": res.mem_mb, "gpus": res.gpus, "queue": res.queue, "project": res.project,
             "array_parallelism": res.array_parallelism, "gpu_syntax": res.lsf.gpu_syntax,
             "gpu_resource": res.lsf.gpu_resource, "mem_per": res.lsf.mem_per,
@@ -60,7 +63,8 @@ def require(backend: str) -> None:
                         f"{backend.upper()} login node, or use --dry-run to render the scripts")
 
 
-def make_executor(backend: str, folder: Path, name: str, res: Resources):
+def make_executor(backend: str, folder: Path, name: str, res: Resources,
+                  setup: list[str] | None = None):
     require(backend)
     if backend == "slurm":
         from submitit import SlurmExecutor
@@ -70,16 +74,20 @@ def make_executor(backend: str, folder: Path, name: str, res: Resources):
         from jobs.lsf import LsfExecutor
 
         executor = LsfExecutor(folder=folder)
-    executor.update_parameters(**executor_parameters(backend, name, res))
+    params = {k: v for k, v in executor_parameters(backend, name, res, setup).items()
+              if v is not None}
+    executor.update_parameters(**params)
     return executor
 
 
-def submit(backend: str, folder: Path, name: str, res: Resources,
-           config_paths: list[str]) -> list[Any]:
-    """Submit one array element per config; returns submitit jobs in the same order."""
+def submit(backend: str, folder: Path, name: str, res: Resources, config_paths: list[str],
+           code: Path) -> list[Any]:
+    """Submit one array element per config, running the code snapshot `code`; returns submitit
+    jobs in the same order."""
+    from jobs.snapshot import pythonpath_line
     from quantlib.run import run_config
 
-    executor = make_executor(backend, folder, name, res)
+    executor = make_executor(backend, folder, name, res, [pythonpath_line(code)])
     if len(config_paths) == 1:
         return [executor.submit(run_config, config_paths[0])]
     return executor.map_array(run_config, config_paths)

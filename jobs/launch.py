@@ -13,6 +13,7 @@ from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
 from jobs.scripts import label, render_arrays, render_local, write_configs
+from jobs.snapshot import snapshot
 from jobs.spec import Spec, load_spec
 from quantlib.outputs import now
 
@@ -88,7 +89,8 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
             return 0
         configs = write_configs(spec, todo, sweep_dir)
         handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
-                                 spec.resources, [str(configs[j.id]) for j in todo])
+                                 spec.resources, [str(configs[j.id]) for j in todo],
+                                 snapshot(sweep_dir))
         for job, handle in zip(todo, handles):
             entry = ledger.jobs[job.id]
             ledger.jobs[job.id].update(

@@ -14,6 +14,7 @@ import jinja2
 from jobs.atomic import write_json, write_text
 from jobs.grid import Job
 from jobs.resources import Resources
+from jobs.snapshot import snapshot
 from jobs.spec import Spec
 from quantlib.configs import with_defaults
 
@@ -48,7 +49,8 @@ def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
         value = config.get(key)
         if value and Path(value).exists():
             config[key] = str(Path(value).absolute())
-    config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir))
+    config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
+                  nproc_per_node=max(1, spec.resources.gpus))
     return config
 
 
@@ -68,7 +70,7 @@ def label(spec: Spec, job: Job) -> str:
 def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
     return {"sweep": spec.name, "spec_path": str(Path(spec.path).absolute()),
             "workdir": str(Path.cwd()), "python": sys.executable, "res": spec.resources,
-            "log_dir": str(sweep_dir / "logs")}
+            "log_dir": str(sweep_dir / "logs"), "code": str(snapshot(sweep_dir))}
 
 
 def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:

@@ -58,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantlib.run: {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 keeps the records
+        run_job(config, out_dir)
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / CONFIG, config)
     start = time.monotonic()
     write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
-                 ended=None, job_id=config.get("job_id"))
+                 ended=None, job_id=config.get("job_id"),
+                 code=str(Path(__file__).resolve().parents[1]))
     preemption.install()  # SIGUSR2: checkpoint at the end of the step, then stop
     if not os.environ.get("SUBMITIT_EXECUTOR"):  # under submitit, SIGTERM is its business
         signal.signal(signal.SIGTERM, _on_term)
@@ -101,8 +105,16 @@ def run_config(config_path: str) -> dict:
     submitit's agree with status.json."""
     from quantlib.outputs import read_json, read_status
 
-    rc = main([config_path])
-    out_dir = Path(json.loads(Path(config_path).read_text(encoding="utf-8"))["output_dir"])
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    out_dir = Path(config["output_dir"])
+    nproc = int(config.get("nproc_per_node", 1))
+    if nproc > 1:  # several GPUs: DDP under torchrun, inside this job
+        import subprocess
+
+        rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={nproc}", "-m", "quantlib.run", config_path])
+    else:
+        rc = main([config_path])
     if rc == preemption.REQUEUE:
         import submitit
 

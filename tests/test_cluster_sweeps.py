@@ -197,35 +197,30 @@ base:
   max_train_samples: 400
   max_eval_samples: 64
   seed: 11
-resources: {{cpus: 1, mem: 2000, time: 1, slurm: {{signal_seconds: 40}}}}
+resources: {resources}
 """
 
 
-def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model, demo_task):
-    """Training (~45 s) outlasts the 1-minute limit's warning (USR2 40 s before it): the job
-    checkpoints, requeues itself, resumes, and ends with an uninterrupted run's results."""
-    spec = write_spec(tmp_path, LONG.format(name="limited", model=tiny_model, data=demo_task))
-    launched = cli(slurm, tmp_path, "launch", str(spec), "--backend", "slurm")
+def resume_scenario(env, tmp_path, tiny_model, demo_task, backend, resources) -> dict:
+    """Training (~45 s) outlasts the time limit's warning: the job checkpoints, requeues
+    itself, resumes, and ends with the results of an uninterrupted run."""
+    spec = write_spec(tmp_path, LONG.format(name="limited", model=tiny_model, data=demo_task,
+                                            resources=resources))
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
     assert launched.returncode == 0, launched.stderr
-    deadline = time.monotonic() + 420
     ledger_path = tmp_path / "runs/limited/ledger.json"
+    deadline = time.monotonic() + 420
     while True:
-        entry = next(iter(json.loads(ledger_path.read_text())["jobs"].values()))
+        jid, entry = next(iter(json.loads(ledger_path.read_text())["jobs"].items()))
         out = Path(entry["output_dir"])
         if (out / "eval_results.json").exists():
             break
         if time.monotonic() > deadline:
-            pytest.fail(cli(slurm, tmp_path, "status", "limited").stdout)
+            pytest.fail(cli(env, tmp_path, "status", "limited").stdout)
         time.sleep(2)
     resumed = json.loads((out / "eval_results.json").read_text())
-    assert resumed.get("resumed_from_step", 0) > 0  # it was cut and came back
-    sacct = subprocess.run(["sacct", "-j", entry["scheduler_id"].split("_")[0], "-D", "-X",
-                            "-n", "-o", "State"], env=slurm, capture_output=True, text=True)
-    assert sacct.returncode == 0  # -D lists every requeued run of the job
-    assert len(sacct.stdout.split()) >= 2, sacct.stdout
-    config = json.loads(Path(tmp_path / "runs/limited/configs" /
-                             f"{next(iter(json.loads(ledger_path.read_text())['jobs']))}.json")
-                        .read_text())
+    assert resumed.get("resumed_from_step", 0) > 0  # it was cut, and came back
+    config = json.loads((tmp_path / "runs/limited/configs" / f"{jid}.json").read_text())
     config["output_dir"] = str(tmp_path / "uninterrupted")
     (tmp_path / "plain.json").write_text(json.dumps(config))
     plain = subprocess.run([sys.executable, "-m", "quantlib.run", str(tmp_path / "plain.json")],
@@ -234,3 +229,35 @@ def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model,
     reference = json.loads((tmp_path / "uninterrupted" / "eval_results.json").read_text())
     for key in ("eval_accuracy", "eval_loss", "train_steps"):
         assert resumed[key] == reference[key], key
+    return entry
+
+
+def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model, demo_task):
+    """USR2 40 s before a 1-minute limit (--signal=USR2@40)."""
+    entry = resume_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm",
+                            "{cpus: 1, mem: 2000, time: 1, slurm: {signal_seconds: 40}}")
+    sacct = subprocess.run(["sacct", "-j", entry["scheduler_id"].split("_")[0], "-D", "-X",
+                            "-n", "-o", "State"], env=slurm, capture_output=True, text=True)
+    assert len(sacct.stdout.split()) >= 2, sacct.stdout  # -D: every run of the requeued job
+
+
+def test_lsf_run_limit_warning_checkpoint_requeue_resume(lsf_env, tmp_path, tiny_model,
+                                                          demo_task):
+    """-W 2 with -wa USR2 -wt 1, one LSF minute being 20 s in the stand-in: USR2 at 20 s."""
+    env = {**lsf_env, "LSF_STANDIN_MINUTE": "20"}
+    resume_scenario(env, tmp_path, tiny_model, demo_task, "lsf",
+                    "{cpus: 1, mem: 2000, time: 2, lsf: {warn_minutes: 1}}")
+
+
+def test_a_second_launch_of_a_sweep_is_refused_while_one_runs(lsf_env, tmp_path, tiny_model,
+                                                              demo_task):
+    from jobs.ledger import Ledger
+
+    spec = write_spec(tmp_path, SPEC.format(name="busy", model=tiny_model, data=demo_task,
+                                            missing="m"))
+    with Ledger(tmp_path / "runs" / "busy").locked():  # a launch in progress holds the lock
+        second = cli(lsf_env, tmp_path, "launch", str(spec), "--backend", "lsf")
+    assert second.returncode == 2
+    assert "another launch of this sweep is running" in second.stderr
+    assert not (tmp_path / "lsf-state" / "jobs").exists() or not any(
+        (tmp_path / "lsf-state" / "jobs").iterdir())  # nothing was submitted

@@ -1,0 +1,74 @@
+"""Jobs run a snapshot of the code taken at launch; several GPUs run under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, sweep_cli, write_spec
+
+SPEC = """
+name: snap
+grid: {task: [rte], method: [lin], nbits: [4]}
+resources: {gpus: GPUS}
+"""
+
+
+def test_scripts_run_the_snapshot_taken_at_launch(tmp_path):
+    spec = write_spec(tmp_path, SPEC.replace("GPUS", "1"))
+    assert sweep_cli("launch", str(spec), "--dry-run", cwd=tmp_path).returncode == 0
+    snaps = list((tmp_path / "runs/snap/snapshots").iterdir())
+    assert len(snaps) == 1
+    snap = snaps[0]
+    assert (snap / "quantlib/run.py").read_bytes() == (REPO / "quantlib/run.py").read_bytes()
+    assert (snap / "jobs/lsf/lsf.py").is_file() and (snap / "templates/_run.sh.j2").is_file()
+    script = next((tmp_path / "runs/snap/scripts").glob("*.sh")).read_text()
+    assert f"export PYTHONPATH={snap}" in script
+    # relaunching the same code reuses the snapshot
+    assert sweep_cli("launch", str(spec), "--dry-run", cwd=tmp_path).returncode == 0
+    assert list((tmp_path / "runs/snap/snapshots").iterdir()) == [snap]
+    # the snapshot is what a job imports
+    code = "import quantlib.run; print(quantlib.run.__file__)"
+    probe = subprocess.run([sys.executable, "-c", code],
+                           env={**os.environ, "PYTHONPATH": str(snap)}, capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert probe.stdout.strip() == str(snap / "quantlib/run.py")
+
+
+def test_several_gpus_run_under_torchrun(tmp_path):
+    spec = write_spec(tmp_path, SPEC.replace("GPUS", "2"))
+    for backend in ("local", "lsf", "slurm"):
+        assert sweep_cli("launch", str(spec), "--backend", backend, "--dry-run",
+                         cwd=tmp_path).returncode == 0
+    for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):
+        assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m quantlib.run" \
+            in script.read_text(), script.name
+    config = json.loads(next((tmp_path / "runs/snap/configs").glob("*.json")).read_text())
+    assert config["nproc_per_node"] == 2
+
+
+def test_ddp_job_on_two_cpu_processes(tmp_path, tiny_model, demo_task):
+    """What a cluster job with gpus: 2 runs (run_config -> torchrun), here on CPU with gloo."""
+    base = {"task": "sst2", "method": "lin", "nbits": 4, "model_name_or_path": str(tiny_model),
+            "data_dir": str(demo_task), "max_seq_length": 24, "batch_size": 16,
+            "finetune_epochs": 1, "epochs_per_stage": 0.5, "max_train_samples": 128,
+            "max_eval_samples": 64}
+    results = {}
+    for n in (1, 2):
+        cfg = tmp_path / f"c{n}.json"
+        cfg.write_text(json.dumps({**base, "output_dir": str(tmp_path / f"out{n}"),
+                                   "nproc_per_node": n}))
+        code = (f"from quantlib.run import run_config; import json; "
+                f"print('RESULTS', json.dumps(run_config({str(cfg)!r})))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[n] = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+    assert results[2]["train_steps"] * 2 == results[1]["train_steps"]  # two ranks share batches
+    assert results[2]["quantized_fraction"] == 1.0
+    status = json.loads((tmp_path / "out2" / "status.json").read_text())
+    assert status["state"] == "completed"  # rank 0 keeps the records
+    assert Path(status["code"]).is_dir()
