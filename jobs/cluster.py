@@ -84,13 +84,20 @@ def submit(backend: str, folder: Path, name: str, res: Resources, config_paths: 
            code: Path) -> list[Any]:
     """Submit one array element per config, running the code snapshot `code`; returns submitit
     jobs in the same order."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
     from jobs.snapshot import pythonpath_line
     from quantlib.run import run_config
 
     executor = make_executor(backend, folder, name, res, [pythonpath_line(code)])
-    if len(config_paths) == 1:
-        return [executor.submit(run_config, config_paths[0])]
-    return executor.map_array(run_config, config_paths)
+    try:
+        if len(config_paths) == 1:
+            return [executor.submit(run_config, config_paths[0])]
+        return executor.map_array(run_config, config_paths)
+    except (FailedSubmissionError, FailedJobError, OSError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"--backend {backend}: `{COMMANDS[backend]}` refused the "
+                        f"submission: {detail}") from None
 
 
 def job_handle(backend: str, folder: Path, scheduler_id: str):

@@ -261,3 +261,16 @@ def test_a_second_launch_of_a_sweep_is_refused_while_one_runs(lsf_env, tmp_path,
     assert "another launch of this sweep is running" in second.stderr
     assert not (tmp_path / "lsf-state" / "jobs").exists() or not any(
         (tmp_path / "lsf-state" / "jobs").iterdir())  # nothing was submitted
+
+
+def test_a_refused_submission_is_a_one_line_error(lsf_env, tmp_path, tiny_model, demo_task):
+    spec = write_spec(tmp_path, SPEC.format(name="refused", model=tiny_model, data=demo_task,
+                                            missing="m")
+                      .replace("time: 20}", "time: 20, lsf: {extra: ['-Z bogus']}}"))
+    proc = cli(lsf_env, tmp_path, "launch", str(spec), "--backend", "lsf")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sweep: error: --backend lsf: `bsub` refused the submission:")
+    assert "Illegal option" in last and "Traceback" not in proc.stderr
+    ledger = json.loads((tmp_path / "runs/refused/ledger.json").read_text())["jobs"]
+    assert all(e["state"] == "missing" for e in ledger.values())  # nothing recorded as queued

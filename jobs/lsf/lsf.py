@@ -29,6 +29,7 @@ from pathlib import Path
 from submitit.core import core, job_environment, logger, utils
 
 from jobs.resources import LsfOptions, Resources
+from quantlib.preemption import REQUEUE
 
 MAX_ARRAY = 1000  # MAX_JOB_ARRAY_SIZE default
 # LSF STAT -> the state names submitit understands (unfinished: PENDING, RUNNING, UNKNOWN, ...)
@@ -306,5 +307,7 @@ def make_bsub_script(command: str, folder: str | Path, params: dict[str, tp.Any]
              f"rm -f {exit_file}  # a requeued job starts without its previous exit code",
              "# bkill and memory limits send SIGINT first: outlive it to record the exit code",
              "trap 'echo \"quantsweep: SIGINT (bkill, or a memory limit)\" >&2' INT",
-             "# command", command, "rc=$?", f'echo "$rc" > {exit_file}', 'exit "$rc"', ""]
+             "# command", command, "rc=$?",
+             f"# {REQUEUE}: the job requeued itself (brequeue) and runs again: no exit code yet",
+             f'[ "$rc" = {REQUEUE} ] || echo "$rc" > {exit_file}', 'exit "$rc"', ""]
     return "\n".join(lines)
