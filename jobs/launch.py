@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,23 +11,17 @@ from jobs.errors import UserError
 from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
+from jobs.manage import rel_path, states
 from jobs.scripts import label, render_arrays, render_local, write_configs
 from jobs.snapshot import snapshot
 from jobs.spec import Spec, load_spec
 from quantlib.outputs import now
 
 
-def _rel(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
-
-
 def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
     head = ["job id", "task", "method", "nbits", "output dir"] + (["state"] if states else [])
     rows = [[j.id, str(j.get("task")), str(j.get("method")), str(j.get("nbits", "-")),
-             _rel(j.output_dir)] + ([states[j.id]] if states else []) for j in jobs]
+             rel_path(j.output_dir)] + ([states[j.id]] if states else []) for j in jobs]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [head, *rows])
@@ -40,15 +33,15 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
     print(f"sweep {spec.name}: {len(jobs)} jobs (dry run, backend {backend}; nothing submitted)",
           file=out)
     print(job_table(jobs), file=out)
-    print(f"\nscripts in {_rel(sweep_dir / 'scripts')}; would run:", file=out)
+    print(f"\nscripts in {rel_path(sweep_dir / 'scripts')}; would run:", file=out)
     if backend == "local":
         for job in jobs:
             script = render_local(spec, job, configs[job.id], sweep_dir)
-            print(f"  bash {shlex.quote(_rel(script))}", file=out)
+            print(f"  bash {shlex.quote(rel_path(script))}", file=out)
     else:
         for script in render_arrays(backend, spec, jobs, configs, sweep_dir):
             cmd = "bsub <" if backend == "lsf" else "sbatch"
-            print(f"  {cmd} {shlex.quote(_rel(script))}", file=out)
+            print(f"  {cmd} {shlex.quote(rel_path(script))}", file=out)
     return 0
 
 
@@ -71,7 +64,6 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
     """Submit what is not completed (all with --force) and not already queued or running;
     return as soon as the scheduler has it."""
     from jobs import cluster
-    from jobs.manage import states
 
     cluster.require(backend)
     sweep_dir = Path(spec.sweep_dir).absolute()
@@ -102,9 +94,9 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
     print(f"sweep {spec.name}: submitted {len(todo)} jobs to {backend.upper()} "
           f"(job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}); {done} already "
           f"completed, {len(queued)} queued or running", file=out)
-    print(f"follow with: sweep status {shlex.quote(_rel(sweep_dir))}; a job's log: sweep logs "
-          f"JOB_ID {shlex.quote(_rel(sweep_dir))}; results: sweep collect "
-          f"{shlex.quote(_rel(sweep_dir))}", file=out)
+    print(f"follow with: sweep status {shlex.quote(rel_path(sweep_dir))}; a job's log: sweep logs "
+          f"JOB_ID {shlex.quote(rel_path(sweep_dir))}; results: sweep collect "
+          f"{shlex.quote(rel_path(sweep_dir))}", file=out)
     return 0
 
 
@@ -122,9 +114,8 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         max_parallel = max(1, len(pool) // res.gpus) if pool else 1
     with ledger.locked():
         ledger.register(spec.name, spec.path, jobs)
-        states = {j.id: ledger.refresh(j) for j in jobs}
-        ledger.save()
-        todo = [j for j in jobs if force or states[j.id] != "completed"]
+        resolved = states(ledger, launcher_active=False)  # we hold the launch lock
+        todo = [j for j in jobs if force or resolved[j.id][0] != "completed"]
         done = len(jobs) - len(todo)
         print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
               f"{' (rerun: --force)' if done and not force else ''}, {len(todo)} to run "
@@ -133,7 +124,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         if res.gpus > 0 and not gpus:
             print(f"sweep: note: the spec asks for {res.gpus} GPU(s) per job and none is "
                   "visible: running on CPU", file=out)
-        print(f"logs in {_rel(sweep_dir / 'logs')}, ledger {_rel(ledger.path)}", file=out,
+        print(f"logs in {rel_path(sweep_dir / 'logs')}, ledger {rel_path(ledger.path)}", file=out,
               flush=True)
         if not todo:
             return 0
@@ -149,10 +140,10 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         c = runner.counts
         print(f"sweep {spec.name}: {c['completed']} completed, {c['failed']} failed, "
               f"{c['interrupted']} interrupted; collect with: sweep collect "
-              f"{shlex.quote(_rel(sweep_dir))} --to xlsx", file=out)
+              f"{shlex.quote(rel_path(sweep_dir))} --to xlsx", file=out)
         failed = [j for j in todo if ledger.jobs[j.id]["state"] != "completed"]
         for j in failed[:10]:
             entry = ledger.jobs[j.id]
             print(f"  {entry['state']}: {j.id} {label(spec, j)}: {entry.get('reason')} "
-                  f"(log: {_rel(Path(entry.get('log', '')))})", file=out)
+                  f"(log: {rel_path(Path(entry.get('log', '')))})", file=out)
         return rc

@@ -16,11 +16,9 @@ from typing import Any
 from jobs.atomic import write_json
 from jobs.errors import UserError
 from jobs.grid import Job
-from quantlib.outputs import is_complete, now, read_status
+from quantlib.outputs import now
 
 LEDGER = "ledger.json"
-STATES = ("missing", "pending", "submitted", "running", "completed", "failed", "interrupted",
-          "cancelled")
 
 
 class Ledger:
@@ -90,16 +88,3 @@ class Ledger:
     def update(self, job_id: str, **fields: Any) -> None:
         self.jobs[job_id].update(fields, updated=now())
         self.save()
-
-    def refresh(self, job: Job) -> str:
-        """Reconcile a job's recorded state with its output directory; return the state."""
-        entry = self.jobs[job.id]
-        if is_complete(job.output_dir):
-            entry["state"] = "completed"
-        elif entry.get("state") == "completed":
-            # results went missing since: the job has to run again
-            status = read_status(job.output_dir)
-            entry["state"] = (status or {}).get("state", "missing")
-            if entry["state"] == "completed":
-                entry["state"] = "failed"
-        return entry["state"]

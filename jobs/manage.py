@@ -68,7 +68,8 @@ def log_path(ledger: Ledger, entry: dict[str, Any]) -> str:
     return entry.get("log") or "-"
 
 
-def _rel(path: str) -> str:
+def rel_path(path: str | os.PathLike) -> str:
+    """A path as the user can type it from here (relative where that is possible)."""
     try:
         return os.path.relpath(path)
     except ValueError:
@@ -87,9 +88,9 @@ def status(targets: list[str], out: IO[str] = sys.stdout) -> int:
             c = e.get("config", {})
             rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
                          str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
-                         elapsed(e), (reason or "-")[:60], _rel(log_path(ledger, e))])
+                         elapsed(e), (reason or "-")[:60], rel_path(log_path(ledger, e))])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({_rel(str(sweep_dir))})",
+        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({rel_path(str(sweep_dir))})",
               file=out)
         for r in [head, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
@@ -150,7 +151,7 @@ def logs(job: str, targets: list[str], out: IO[str] = sys.stdout) -> int:
         if e.get("backend") in CLUSTER:
             paths.append(paths[0].replace("_log.out", "_log.err"))
         for path in paths:
-            print(f"==> {_rel(path)} <==", file=out)
+            print(f"==> {rel_path(path)} <==", file=out)
             try:
                 print(Path(path).read_text(errors="replace"), file=out, end="")
             except OSError:

@@ -122,9 +122,6 @@ class LsfJob(core.Job[core.R]):
         (subprocess.check_call if check else subprocess.call)(
             ["bkill", lsf_target(self.job_id)], stdout=subprocess.DEVNULL)
 
-    def requeue(self) -> None:
-        subprocess.check_call(["brequeue", lsf_target(self.job_id)], stdout=subprocess.DEVNULL)
-
 
 class LsfJobEnvironment(job_environment.JobEnvironment):
     _env = {"job_id": "LSB_JOBID", "array_task_id": "LSB_JOBINDEX",
