@@ -61,17 +61,16 @@ class Block:
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
 
 
-def _block_keys(runs: list[Run]) -> list[str]:
-    """Configuration keys that vary between runs of the same method (they split blocks)."""
+def _block_keys(runs: list[Run]) -> dict[str, list[str]]:
+    """Per method, the configuration keys that vary between its runs (they split its blocks)."""
     by_method: dict[str, dict[str, set[str]]] = {}
     for run in runs:
         seen = by_method.setdefault(run.method, {})
         for key, value in run.config.items():
             seen.setdefault(key, set()).add(repr(value))
-    keys = set()
-    for seen in by_method.values():
-        keys |= {k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_BLOCK_KEYS}
-    return sorted(keys)
+    return {method: sorted(k for k, vals in seen.items()
+                           if len(vals) > 1 and k not in NOT_BLOCK_KEYS)
+            for method, seen in by_method.items()}
 
 
 def _method_order(method: str) -> tuple[int, str]:
@@ -84,7 +83,7 @@ def build_blocks(runs: list[Run]) -> list[Block]:
     split = _block_keys(done)
     blocks: dict[tuple, Block] = {}
     for run in sorted(done, key=lambda r: _method_order(r.method)):
-        extra = tuple((k, run.config.get(k)) for k in split)
+        extra = tuple((k, run.config.get(k)) for k in split[run.method])
         key = (_method_order(run.method), extra)
         if key not in blocks:
             entry = METHODS.get(run.method)

@@ -20,7 +20,7 @@ from quantlib.configs import with_defaults
 
 MAX_ARRAY = 1000  # LSF MAX_JOB_ARRAY_SIZE default; SLURM MaxArraySize default is 1001
 PATH_KEYS = ("data_dir",)
-MAYBE_PATH_KEYS = ("model_name_or_path", "tokenizer_name")
+MAYBE_PATH_KEYS = ("model_name_or_path", "tokenizer_name", "teacher_name_or_path")
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(files("templates"))),

@@ -116,6 +116,96 @@ class MultiBitINQConfig(INQConfig):
 
 
 @dataclass(frozen=True)
+class Q8BertConfig(MethodConfig):
+    """Q8BERT-style QAT (Zafrir et al. 2019): symmetric per-tensor fake quantization of the
+    embeddings, every encoder Linear (weights: max|W| each step; inputs: EMA of max|x|), the
+    pooler and the task head."""
+
+    nbits: int = param(8, "int", "bits per weight and activation", lo=2, hi=8)
+    qat_epochs: float = param(3.0, "float", "epochs of quantization-aware training", lo=0.01)
+    ema_decay: float = param(0.9999, "float", "EMA decay of the activation thresholds",
+                             lo=0.0, hi=1.0)
+    ste: str = param("plain", "str", "straight-through gradient: plain (Q8BERT) or clip "
+                     "(zero where |x| > amax)", choices=("plain", "clip"))
+    head_start_step: int = param(200, "int", "QAT step at which the task head starts "
+                                 "quantizing", lo=0)
+    quantize_embeddings: bool = param(True, "bool", "word / position / token-type embeddings")
+    quantize_head: bool = param(True, "bool", "pooler and task head")
+    quantize_outputs: bool = param(False, "bool", "also quantize Linear outputs (EMA)")
+    integer_inference: bool = param(True, "bool", "evaluate through the integer GEMM path "
+                                    "(int32 bias at scale s_w*s_x)")
+
+
+@dataclass(frozen=True)
+class PTQConfig(MethodConfig):
+    """Post-training quantization with calibration, FasterTransformer quant modes
+    (NVIDIA pytorch-quantization)."""
+
+    nbits: int = param(8, "int", "bits per tensor (the FT modes are 8-bit)", lo=2, hi=8)
+    quant_mode: str = param("ft2", "str", "which tensors are quantized (methods.md)",
+                            choices=("ft1", "ft2", "ft3"))
+    calibrator: str = param("percentile", "str", "how activation amax is calibrated",
+                            choices=("max", "percentile", "mse", "entropy"))
+    percentile: float = param(99.99, "float", "for the percentile calibrator", lo=0.0, hi=100.0)
+    num_calib_batch: int = param(4, "int", "training batches seen by calibration", lo=1)
+    weight_granularity: str = param("auto", "str", "weight amax per output channel or per "
+                                    "tensor; auto: channel for ft1, tensor for ft2/ft3",
+                                    choices=("auto", "channel", "tensor"))
+    narrow_range: bool = param(False, "bool", "integer range -(2^(b-1)-1).. instead of "
+                               "-2^(b-1)..")
+
+
+@dataclass(frozen=True)
+class QATConfig(PTQConfig):
+    """QAT from the calibrated model, weight amax frozen."""
+
+    qat_epochs: float = param(1.0, "float", "epochs of quantization-aware training", lo=0.01)
+    ste: str = param("clip", "str", "straight-through gradient: clip (pytorch-quantization) "
+                     "or plain", choices=("plain", "clip"))
+
+
+@dataclass(frozen=True)
+class QATKDConfig(QATConfig):
+    """QAT with distillation from the FP teacher: CE + kd_scale * KL(T) (FasterTransformer)."""
+
+    kd_scale: float = param(10000.0, "float", "weight of the KL term", lo=0.0)
+    kd_temperature: float = param(3.0, "float", "softmax temperature T", lo=0.01)
+    kd_reduction: str = param("mean", "str", "KL reduction: mean over all elements (FT) or "
+                              "batchmean", choices=("mean", "batchmean"))
+    kd_t_squared: bool = param(False, "bool", "multiply the KL term by T^2")
+    teacher_name_or_path: str | None = param(
+        None, "optional_str", "teacher checkpoint; default: the job's own FP model")
+
+
+@dataclass(frozen=True)
+class DistillQuantConfig(MethodConfig):
+    """Distillation for quantization (Intel Neural Compressor / ZeroQuant): student and teacher
+    from the same fine-tuned checkpoint; MSE over every layer's output and attention
+    probabilities plus the logits term."""
+
+    nbits: int = param(8, "int", "bits per weight", lo=2, hi=8)
+    act_nbits: int = param(8, "int", "bits per activation (Linear inputs)", lo=2, hi=8)
+    qat_epochs: float = param(3.0, "float", "epochs of distillation-aware QAT", lo=0.01)
+    weight_granularity: str = param("tensor", "str", "weight amax per tensor, output channel "
+                                    "or group of output rows (ZeroQuant)",
+                                    choices=("tensor", "channel", "group"))
+    weight_groups: int = param(48, "int", "groups for group-wise weight quantization", lo=1)
+    act_granularity: str = param("tensor", "str", "activation amax: per tensor (EMA, static at "
+                                 "eval) or per token (dynamic, ZeroQuant)",
+                                 choices=("tensor", "token"))
+    ema_decay: float = param(0.9999, "float", "EMA decay of per-tensor activation amax",
+                             lo=0.0, hi=1.0)
+    layer_weight: float = param(1.0, "float", "weight of the layer-output MSE terms", lo=0.0)
+    attention_weight: float = param(1.0, "float", "weight of the attention-probability MSE "
+                                    "terms", lo=0.0)
+    logits_weight: float = param(1.0, "float", "weight of the logits term", lo=0.0)
+    logits_loss: str = param("mse", "str", "logits term: mse or kl (at kd_temperature)",
+                             choices=("mse", "kl"))
+    kd_temperature: float = param(1.0, "float", "temperature of the kl logits term", lo=0.01)
+    ce_weight: float = param(0.0, "float", "weight of the task loss on the labels", lo=0.0)
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     name: str
     display: str  # block title in the measurements sheet
@@ -136,6 +226,11 @@ register_method("p2", "Power of 2", Pow2INQConfig)
 register_method("lin", "Linear", LinearINQConfig)
 register_method("mb", "mbq", MultiBitINQConfig)
 register_method("fp32", "FP32", FP32Config)
+register_method("q8bert", "Q8BERT", Q8BertConfig)
+register_method("ptq", "PTQ", PTQConfig)
+register_method("qat", "QAT", QATConfig)
+register_method("qat-kd", "QAT+KD", QATKDConfig)
+register_method("distill-quant", "Distill-Quant", DistillQuantConfig)
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

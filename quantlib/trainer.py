@@ -94,13 +94,31 @@ def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
                       needs_finetune, info)
 
 
+def load_teacher(path: str, ctx: JobContext) -> PreTrainedModel:
+    """A teacher checkpoint for the job's task (it must carry a head for the task)."""
+    config = AutoConfig.from_pretrained(path)
+    if not is_finetuned(config, ctx.task):
+        raise ValueError(f"teacher {path} is not fine-tuned for {ctx.task.name} "
+                         f"({ctx.task.num_labels} labels)")
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+
+
 class StagedTrainer(Trainer):
     """HF Trainer whose LR schedule restarts (warmup + linear decay) at every stage."""
 
-    def __init__(self, *a, stage_epochs: list[float], warmup_ratio: float, **kw):
+    def __init__(self, *a, stage_epochs: list[float], warmup_ratio: float,
+                 distiller: Any = None, **kw):
         self.stage_epochs = stage_epochs
         self.warmup_ratio = warmup_ratio
+        self.distiller = distiller  # quantlib.distill.Distiller: its loss once it has a teacher
         super().__init__(*a, **kw)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        d = self.distiller
+        if d is not None and d.teacher is not None and model.training:
+            return d.compute_loss(model, inputs, return_outputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -113,7 +131,7 @@ class StagedTrainer(Trainer):
 
 
 def make_trainer(ctx: JobContext, stage_epochs: list[float],
-                 callbacks: list[TrainerCallback]) -> StagedTrainer:
+                 callbacks: list[TrainerCallback], distiller: Any = None) -> StagedTrainer:
     a = ctx.args
     use_cuda = torch.cuda.is_available()
     targs = TrainingArguments(
@@ -138,7 +156,7 @@ def make_trainer(ctx: JobContext, stage_epochs: list[float],
     return StagedTrainer(
         model=ctx.model, args=targs, train_dataset=ctx.train,
         data_collator=DataCollatorWithPadding(ctx.tokenizer), callbacks=callbacks,
-        stage_epochs=stage_epochs, warmup_ratio=a.warmup_ratio)
+        stage_epochs=stage_epochs, warmup_ratio=a.warmup_ratio, distiller=distiller)
 
 
 class SaveAndStopOnRequest(TrainerCallback):
@@ -151,10 +169,10 @@ class SaveAndStopOnRequest(TrainerCallback):
 
 
 def train_stages(ctx: JobContext, stage_epochs: list[float],
-                 callbacks: list[TrainerCallback]) -> StagedTrainer:
+                 callbacks: list[TrainerCallback], distiller: Any = None) -> StagedTrainer:
     """Train through the stages (skipped when they add up to no epochs), resuming from the
     job's last checkpoint if a previous run of it was preempted."""
-    trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()])
+    trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()], distiller)
     if sum(stage_epochs) <= 0:
         return trainer
     ckpt_dir = ctx.out_dir / "checkpoints"

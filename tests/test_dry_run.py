@@ -139,3 +139,24 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+SEED_STUDIES = {"inq_mrpc": 24, "demo": 13, "q8bert_glue": 9, "distill_quant_glue": 8,
+                "ptq_qat_glue": 96}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_STUDIES))
+@pytest.mark.parametrize("backend", ["lsf", "slurm", "local"])
+def test_every_shipped_sweep_dry_runs(tmp_path, name, backend):
+    spec = REPO / "sweeps" / f"{name}.yaml"
+    proc = sweep_cli("launch", str(spec), "--backend", backend, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"sweep {name}: {SEED_STUDIES[name]} jobs (dry run")
+    configs = [json.loads(p.read_text())
+               for p in (tmp_path / "runs" / name / "configs").glob("*.json")]
+    assert len(configs) == SEED_STUDIES[name]
+    if name == "distill_quant_glue":  # teachers zipped with their tasks
+        assert all(c["model_name_or_path"].endswith("-" + c["task"]) for c in configs)
+    if name == "ptq_qat_glue":
+        kinds = {(c["method"], c["calibrator"]) for c in configs}
+        assert ("qat-kd", "entropy") not in kinds and ("ptq", "entropy") in kinds

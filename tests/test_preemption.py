@@ -1,5 +1,6 @@
 """Checkpoint on the scheduler's warning signal (SIGUSR2), resume on the next run, and finish
-with the same results as an uninterrupted run (INQ state included)."""
+with the same results as an uninterrupted run (INQ partition, calibrated amax, FP teacher,
+EMA thresholds included)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from quantlib.preemption import REQUEUE
 
+# 60 FP32 fine-tuning steps, then the compression stages (40 steps)
+METHODS = {
+    "lin": {"method": "lin", "nbits": 2, "epochs_per_stage": 2},
+    # calibrated amax and the FP teacher must come back from the checkpoint
+    "qat-kd": {"method": "qat-kd", "qat_epochs": 4, "kd_scale": 10.0, "num_calib_batch": 2},
+    # EMA thresholds, their step counts and the delayed head must come back
+    "q8bert": {"method": "q8bert", "nbits": 4, "qat_epochs": 4, "head_start_step": 10},
+}
+# what must be equal between the interrupted and the uninterrupted run, besides the metrics
+EXTRA_KEYS = {"lin": ["max_distinct_values"], "qat-kd": ["kd_loss", "calib_batches"],
+              "q8bert": ["quantizers_enabled"]}
+STATE_FILE = {"lin": "inq_state.pt", "qat-kd": "teacher.pt", "q8bert": None}
 
-def config(tmp_path: Path, name: str, model: Path, data: Path) -> Path:
-    cfg = {"task": "sst2", "method": "lin", "nbits": 2, "model_name_or_path": str(model),
+
+def config(tmp_path: Path, name: str, model: Path, data: Path, method: str = "lin") -> Path:
+    cfg = {"task": "sst2", "model_name_or_path": str(model),
            "data_dir": str(data), "max_seq_length": 24, "batch_size": 16,
-           "learning_rate": 5e-4, "finetune_epochs": 6, "epochs_per_stage": 2,
+           "learning_rate": 5e-4, "finetune_epochs": 6,
            "max_train_samples": 160, "max_eval_samples": 64, "logging_steps": 2,
-           "output_dir": str(tmp_path / name), "seed": 7}
+           "output_dir": str(tmp_path / name), "seed": 7, **METHODS[method]}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(cfg))
     return path
@@ -42,17 +58,20 @@ def results(tmp_path: Path, name: str) -> dict:
     return json.loads((tmp_path / name / "eval_results.json").read_text())
 
 
-def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_task):
-    plain = run(config(tmp_path, "plain", tiny_model, demo_task))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_task, method):
+    plain = run(config(tmp_path, "plain", tiny_model, demo_task, method))
     assert plain.returncode == 0, plain.stdout[-2000:]
 
-    path = config(tmp_path, "cut", tiny_model, demo_task)
-    first = run(path, signal_after_step=66)  # inside the first INQ stage (60 FP32 steps)
+    path = config(tmp_path, "cut", tiny_model, demo_task, method)
+    first = run(path, signal_after_step=66)  # inside the compression stage (60 FP32 steps)
     assert first.returncode == REQUEUE, first.stdout[-2000:]
     status = json.loads((tmp_path / "cut" / "status.json").read_text())
     assert status["state"] == "interrupted" and "preempted (SIGUSR2)" in status["reason"]
     checkpoints = sorted((tmp_path / "cut" / "checkpoints").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and (checkpoints[0] / "inq_state.pt").is_file()
+    assert len(checkpoints) == 1
+    if STATE_FILE[method]:
+        assert (checkpoints[0] / STATE_FILE[method]).is_file()
     step = int(checkpoints[0].name.split("-")[1])
     assert 60 < step < 100
 
@@ -61,6 +80,6 @@ def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_ta
     assert f"resuming from {checkpoints[0]}" in second.stdout
     a, b = results(tmp_path, "plain"), results(tmp_path, "cut")
     assert b["resumed_from_step"] == step
-    for key in ("eval_accuracy", "eval_loss", "train_steps", "max_distinct_values"):
+    for key in ("eval_accuracy", "eval_loss", "train_steps", *EXTRA_KEYS[method]):
         assert a[key] == b[key], key
     assert not (tmp_path / "cut" / "checkpoints").exists()  # cleaned up once finished

@@ -1,0 +1,154 @@
+"""Symmetric fake quantization (quantize, then dequantize, in floating point) and the
+TensorQuantizer module that QAT and PTQ insert into a model.
+
+    scale = max_bound / amax,  q = clamp(round(x * scale), min_bound, max_bound),  x_hat = q / scale
+    max_bound = 2^(b-1) - 1;  min_bound = -max_bound (narrow range, Q8BERT) or -max_bound - 1
+    (full range, FasterTransformer's default); amax <= 2^-24 gives 0.
+
+Where amax comes from (`amax_mode`):
+- "static":  a buffer set by calibration (PTQ/QAT); frozen.
+- "dynamic": recomputed from the tensor at every forward (Q8BERT weights: max|W|), per tensor, per
+             output channel (axis 0), per group of output rows, or per token (last dim reduced).
+- "ema":     Q8BERT activations: first step amax = max|x|, then amax -= (1-decay)(amax - max|x|)
+             in training; frozen in eval.
+Gradients: straight-through, unchanged ("plain", Q8BERT) or zeroed where |x| > amax ("clip",
+pytorch-quantization).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_AMAX = 2.0 ** -24
+AMAX_MODES = ("static", "dynamic", "ema")
+GRANULARITIES = ("tensor", "channel", "group", "token")
+
+
+def bounds(nbits: int, narrow: bool) -> tuple[int, int]:
+    if not 2 <= nbits <= 16:
+        raise ValueError(f"symmetric fake quantization needs 2..16 bits, got {nbits}")
+    top = 2 ** (nbits - 1) - 1
+    return (-top if narrow else -top - 1), top
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, amax, qmin: int, qmax: int, clip: bool):  # noqa: ARG004
+        amax = amax.to(x.dtype)
+        live = amax > TINY_AMAX
+        scale = torch.where(live, qmax / amax.clamp_min(TINY_AMAX), torch.zeros_like(amax))
+        y = x * scale
+        y.round_().clamp_(qmin, qmax)
+        y.mul_(torch.where(live, amax / qmax, torch.zeros_like(amax)))
+        if clip:
+            ctx.save_for_backward(x.abs() <= amax)
+        ctx.clip = clip
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.clip:
+            (inside,) = ctx.saved_tensors
+            grad = grad * inside
+        return grad, None, None, None, None
+
+
+def fake_quant(x: torch.Tensor, amax: torch.Tensor | float, nbits: int, *, narrow: bool = False,
+               clip: bool = False) -> torch.Tensor:
+    """Fake-quantize x with amax broadcast against it (a scalar, or per channel (C, 1, ...))."""
+    qmin, qmax = bounds(nbits, narrow)
+    if not isinstance(amax, torch.Tensor):
+        amax = torch.tensor(float(amax), device=x.device)
+    return _FakeQuant.apply(x, amax.detach(), qmin, qmax, clip)
+
+
+def quantize_int(x: torch.Tensor, scale: torch.Tensor, nbits: int, narrow: bool) -> torch.Tensor:
+    """The integers behind fake_quant (as floats): clamp(round(x * scale))."""
+    qmin, qmax = bounds(nbits, narrow)
+    return torch.clamp(torch.round(x * scale), qmin, qmax)
+
+
+def reduce_amax(x: torch.Tensor, granularity: str, groups: int = 1) -> torch.Tensor:
+    """max|x| per tensor (scalar), per channel of dim 0 ((C, 1, ...)), per group of dim-0 rows
+    (rows are split into `groups` contiguous groups; (C, 1, ...)) or per token (last dim)."""
+    a = x.detach().abs()
+    if granularity == "tensor":
+        return a.amax()
+    if granularity == "token":
+        return a.amax(dim=-1, keepdim=True)
+    rows = a.reshape(a.shape[0], -1).amax(dim=1)
+    if granularity == "group":
+        n = rows.numel()
+        g = max(1, min(groups, n))
+        index = torch.arange(n, device=rows.device) * g // n
+        per_group = torch.zeros(g, dtype=rows.dtype, device=rows.device).scatter_reduce(
+            0, index, rows, reduce="amax", include_self=False)
+        rows = per_group[index]
+    elif granularity != "channel":
+        raise ValueError(f"unknown granularity {granularity!r}")
+    return rows.view(-1, *([1] * (x.dim() - 1)))
+
+
+class TensorQuantizer(nn.Module):
+    """Fake-quantizes what passes through it; collects statistics while calibrating.
+
+    `enabled` (quantize), `observing` and `calibrating` are plain attributes set by the recipe,
+    not state: a recipe re-derives them when a job resumes. `amax` and the EMA step count are
+    buffers, so they travel in checkpoints.
+    """
+
+    def __init__(self, nbits: int = 8, *, amax_mode: str = "static", granularity: str = "tensor",
+                 groups: int = 1, narrow: bool = False, ste: str = "plain",
+                 decay: float = 0.9999, amax_shape: tuple[int, ...] = ()):
+        super().__init__()
+        if amax_mode not in AMAX_MODES:
+            raise ValueError(f"amax_mode must be one of {AMAX_MODES}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+        if ste not in ("plain", "clip"):
+            raise ValueError("ste must be 'plain' or 'clip'")
+        bounds(nbits, narrow)
+        self.nbits, self.amax_mode, self.granularity = nbits, amax_mode, granularity
+        self.groups, self.narrow, self.ste, self.decay = groups, narrow, ste, decay
+        self.register_buffer("amax", torch.zeros(amax_shape))
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.enabled = False
+        self.observing = False  # EMA: track amax in training even while not quantizing
+        self.calibrating = False
+        self.calibrator = None  # set by quantlib.calibrators.attach
+
+    def extra_repr(self) -> str:
+        return (f"nbits={self.nbits}, amax={self.amax_mode}/{self.granularity}, "
+                f"narrow={self.narrow}, ste={self.ste}, enabled={self.enabled}")
+
+    @torch.no_grad()
+    def _update_ema(self, x: torch.Tensor) -> None:
+        current = x.detach().abs().amax().to(self.amax.dtype)
+        if int(self.ema_steps) == 0:
+            self.amax.copy_(current)
+        else:
+            self.amax.sub_((1.0 - self.decay) * (self.amax - current))
+        self.ema_steps += 1
+
+    def current_amax(self, x: torch.Tensor) -> torch.Tensor:
+        if self.amax_mode == "dynamic":
+            return reduce_amax(x, self.granularity, self.groups)
+        return self.amax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating and self.calibrator is not None:
+            self.calibrator.collect(x.detach())
+        if self.amax_mode == "ema" and self.training and (self.enabled or self.observing):
+            self._update_ema(x)
+        if not self.enabled:
+            return x
+        return fake_quant(x, self.current_amax(x), self.nbits, narrow=self.narrow,
+                          clip=self.ste == "clip")
+
+    def scale(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """max_bound / amax (0 where amax is ~0), for the integer inference path."""
+        amax = self.current_amax(x) if x is not None else self.amax
+        top = 2 ** (self.nbits - 1) - 1
+        return torch.where(amax > TINY_AMAX, top / amax.clamp_min(TINY_AMAX),
+                           torch.zeros_like(amax))

@@ -1,0 +1,231 @@
+"""Which tensors each QAT/PTQ method quantizes, and calibration.
+
+Q8BERT (`install_q8bert`): embeddings (word, position, token type), every encoder Linear
+(input EMA + weight max|W|, optionally the output), pooler and task head; narrow symmetric range.
+
+FasterTransformer quant modes (`install_ft`), per encoder layer:
+
+| quantizer                                                  | ft1 | ft2 | ft3 |
+|------------------------------------------------------------|-----|-----|-----|
+| input + weight of the 6 GEMMs (query, key, value,          |  x  |  x  |  x  |
+|   attention.output.dense, intermediate.dense, output.dense)|     |     |     |
+| weights per output channel (else per tensor)               |  x  |     |     |
+| attention matmul inputs: matmul_q/k/v (the Q/K/V GEMM      |     |  x  |  x  |
+|   outputs) and matmul_a (the probabilities)                |     |     |     |
+| residual adds: add_local (attention.output / output GEMM   |     |  x  |  x  |
+|   outputs) and add_residual, in attention.output and output|     |     |     |
+| softmax input (scaled QK^T, before the mask)               |     |     |  x  |
+
+ft2/ft3 fuse the Q/K/V amax (matmul_q/k/v inputs; per-tensor q/k/v weights): max of the three.
+Embeddings, pooler, head, LayerNorm and GELU stay FP in every mode.
+
+Distillation for quantization (`install_distill_quant`): encoder Linear weights (dynamic: per
+tensor, channel or group of rows) and inputs (EMA per tensor, or dynamic per token).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
+
+from quantlib.calibrators import MaxCalibrator, make_calibrator
+from quantlib.configs import DistillQuantConfig, PTQConfig, Q8BertConfig, QATConfig
+from quantlib.fake_quant import TensorQuantizer
+from quantlib.qmodules import (
+    QuantEmbedding,
+    QuantLinear,
+    QuantSelfAttention,
+    convert_residual,
+    quantizers,
+)
+
+GEMMS = ("attention.self.query", "attention.self.key", "attention.self.value",
+         "attention.output.dense", "intermediate.dense", "output.dense")
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def encoder_linears(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Linear]:
+    found = {n: m for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and matches(n, patterns)}
+    if not found:
+        raise ValueError("quantize_modules matches no nn.Linear module of the model")
+    return found
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# -- Q8BERT --------------------------------------------------------------------------------
+def install_q8bert(model: nn.Module, cfg: Q8BertConfig,
+                   patterns: tuple[str, ...]) -> tuple[list[TensorQuantizer],
+                                                      list[TensorQuantizer]]:
+    """Returns (quantizers from the QAT start, head quantizers that start later)."""
+    def weight_q() -> TensorQuantizer:
+        return TensorQuantizer(cfg.nbits, amax_mode="dynamic", narrow=True, ste=cfg.ste)
+
+    def act_q() -> TensorQuantizer:
+        return TensorQuantizer(cfg.nbits, amax_mode="ema", narrow=True, ste=cfg.ste,
+                               decay=cfg.ema_decay)
+
+    now: list[TensorQuantizer] = []
+    later: list[TensorQuantizer] = []
+    base = {id(m) for m in model.base_model.modules()}
+    targets = dict(encoder_linears(model, patterns))
+    if cfg.quantize_head:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and ("pooler" in name or id(m) not in base):
+                targets[name] = m
+    for lin in targets.values():
+        qs = {"input": act_q(), "weight": weight_q(),
+              "output": act_q() if cfg.quantize_outputs else None}
+        QuantLinear.convert(lin, **qs, integer_inference=cfg.integer_inference)
+        group = now if id(lin) in base else later
+        group += [q for q in qs.values() if q is not None]
+    if cfg.quantize_embeddings:
+        for name, m in model.named_modules():
+            if type(m) is nn.Embedding and "embeddings" in name:
+                q = weight_q()
+                QuantEmbedding.convert(m, q)
+                now.append(q)
+    return now, later
+
+
+# -- FasterTransformer modes (PTQ / QAT) ---------------------------------------------------
+def weight_granularity(cfg: PTQConfig) -> str:
+    if cfg.weight_granularity != "auto":
+        return cfg.weight_granularity
+    return "channel" if cfg.quant_mode == "ft1" else "tensor"
+
+
+def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> dict[str, int]:
+    """Insert the mode's quantizers (disabled, with calibrators attached); returns counts."""
+    ste = cfg.ste if isinstance(cfg, QATConfig) else "clip"
+    w_gran = weight_granularity(cfg)
+
+    def act_q() -> TensorQuantizer:
+        q = TensorQuantizer(cfg.nbits, narrow=cfg.narrow_range, ste=ste)
+        q.calibrator = make_calibrator(cfg.calibrator, cfg.nbits, percentile=cfg.percentile)
+        return q
+
+    def weight_q(lin: nn.Linear) -> TensorQuantizer:
+        shape = (lin.out_features, 1) if w_gran == "channel" else ()
+        q = TensorQuantizer(cfg.nbits, granularity=w_gran, narrow=cfg.narrow_range, ste=ste,
+                            amax_shape=shape)
+        q.calibrator = MaxCalibrator(w_gran)
+        return q
+
+    for lin in encoder_linears(model, patterns).values():
+        QuantLinear.convert(lin, input=act_q(), weight=weight_q(lin))
+    if cfg.quant_mode in ("ft2", "ft3"):
+        model.set_attn_implementation("eager")  # the quantized attention adds a float mask
+        for name, m in list(model.named_modules()):
+            if not matches(name, patterns):
+                continue
+            if type(m) is BertSelfAttention:
+                qs = {k: act_q() for k in ("matmul_q_input_quantizer", "matmul_k_input_quantizer",
+                                           "matmul_v_input_quantizer",
+                                           "matmul_a_input_quantizer")}
+                if cfg.quant_mode == "ft3":
+                    qs["softmax_input_quantizer"] = act_q()
+                QuantSelfAttention.convert(m, qs)
+            elif type(m) in (BertSelfOutput, BertOutput):
+                convert_residual(m, act_q(), act_q())
+    return {"quantizers": len(quantizers(model))}
+
+
+def fuse_qkv(model: nn.Module) -> int:
+    """Q, K and V share one amax (the max of the three): the matmul inputs, and the weights
+    when they are per tensor. Returns how many triples were fused."""
+    fused = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, BertSelfAttention):
+                continue
+            triples = []
+            if isinstance(m, QuantSelfAttention) and m.matmul_q_input_quantizer is not None:
+                triples.append([m.matmul_q_input_quantizer, m.matmul_k_input_quantizer,
+                                m.matmul_v_input_quantizer])
+            weights = [getattr(lin, "weight_quantizer", None) for lin in (m.query, m.key, m.value)]
+            if all(q is not None and q.amax.dim() == 0 for q in weights):
+                triples.append(weights)
+            for triple in triples:
+                amax = torch.stack([q.amax for q in triple]).max()
+                for q in triple:
+                    q.amax.fill_(amax)
+                fused += 1
+    return fused
+
+
+# -- Distillation for quantization ---------------------------------------------------------
+def install_distill_quant(model: nn.Module, cfg: DistillQuantConfig,
+                          patterns: tuple[str, ...]) -> list[TensorQuantizer]:
+    out = []
+    for lin in encoder_linears(model, patterns).values():
+        w = TensorQuantizer(cfg.nbits, amax_mode="dynamic", granularity=cfg.weight_granularity,
+                            groups=cfg.weight_groups, narrow=True, ste="plain")
+        if cfg.act_granularity == "token":
+            x = TensorQuantizer(cfg.act_nbits, amax_mode="dynamic", granularity="token",
+                                narrow=True, ste="plain")
+        else:
+            x = TensorQuantizer(cfg.act_nbits, amax_mode="ema", narrow=True, ste="plain",
+                                decay=cfg.ema_decay)
+        QuantLinear.convert(lin, input=x, weight=w)
+        out += [x, w]
+    return out
+
+
+# -- switching and calibration -------------------------------------------------------------
+def enable(qs: Iterable[TensorQuantizer]) -> None:
+    for q in qs:
+        q.enabled = True
+        q.calibrating = False
+        q.observing = False
+
+
+def check_calibrated(qs: Iterable[TensorQuantizer]) -> None:
+    bad = [q for q in qs if q.amax_mode == "static" and not bool((q.amax > 0).any())]
+    if bad:
+        raise RuntimeError(f"{len(bad)} quantizers have no amax: calibration saw no data")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[dict]) -> int:
+    """Calibrate every quantizer that has a calibrator: eval mode, quantization off, N batches,
+    then load amax and drop the statistics. Weights are only read. Returns batches seen."""
+    qs = [q for q in quantizers(model).values() if q.calibrator is not None]
+    was_training = model.training
+    model.eval()
+    for q in qs:
+        q.enabled, q.calibrating = False, True
+    device = next(model.parameters()).device
+    seen = 0
+    try:
+        for batch in batches:
+            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            seen += 1
+    finally:
+        for q in qs:
+            q.calibrating = False
+        model.train(was_training)
+    if not seen:
+        raise RuntimeError("calibration got no batches")
+    for q in qs:
+        amax = q.calibrator.compute_amax().to(q.amax.device, q.amax.dtype)
+        q.amax.copy_(amax.reshape(q.amax.shape))
+        q.calibrator = None
+    return seen
+
+
+def summary(model: nn.Module) -> dict[str, float]:
+    qs = quantizers(model)
+    on = [q for q in qs.values() if q.enabled]
+    return {"quantizers": float(len(qs)), "quantizers_enabled": float(len(on))}

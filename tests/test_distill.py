@@ -1,0 +1,82 @@
+"""Distillation losses against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from quantlib.configs import DistillQuantConfig, QATKDConfig
+from quantlib.distill import ft_kd_loss, ft_kd_name, layers_kd_loss, layers_kd_name
+
+S = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]])
+T = torch.tensor([[1.0, 1.0, 0.0], [3.0, -1.0, 0.0]])
+
+
+def softmax(row, temp):
+    e = [math.exp(v / temp) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def kl_by_hand(temp):
+    """sum over rows and classes of t * (log t - log s), at temperature temp."""
+    total = 0.0
+    for s_row, t_row in zip(S.tolist(), T.tolist()):
+        ps, pt = softmax(s_row, temp), softmax(t_row, temp)
+        total += sum(b * (math.log(b) - math.log(a)) for a, b in zip(ps, pt))
+    return total
+
+
+def test_ft_kd_default_is_ce_plus_10000_times_elementwise_mean_kl_at_t3():
+    cfg = QATKDConfig()
+    ce = torch.tensor(0.7)
+    loss, parts = ft_kd_loss(S, T, ce, cfg)
+    kl_mean = kl_by_hand(3.0) / S.numel()  # reduction "mean": over all 6 elements, no T^2
+    assert float(parts["kd"]) == pytest.approx(kl_mean, rel=1e-5)
+    assert float(loss) == pytest.approx(0.7 + 10000 * kl_mean, rel=1e-5)
+    assert ft_kd_name(cfg) == ("ce + 10000 * kl(softmax(t/T) || softmax(s/T), T=3, "
+                               "reduction=mean)")
+
+
+def test_ft_kd_batchmean_and_t_squared_variants():
+    cfg = QATKDConfig(kd_scale=2.0, kd_temperature=2.0, kd_reduction="batchmean",
+                      kd_t_squared=True)
+    loss, _ = ft_kd_loss(S, T, torch.tensor(0.0), cfg)
+    assert float(loss) == pytest.approx(2.0 * 4.0 * kl_by_hand(2.0) / 2, rel=1e-5)
+    reg, parts = ft_kd_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [4.0]]),
+                            torch.tensor(0.5), cfg, regression=True)
+    assert float(parts["kd"]) == pytest.approx((1 + 4) / 2)
+    assert float(reg) == pytest.approx(0.5 + 2.0 * 2.5)
+
+
+def test_layer_distillation_sums_every_layer_and_attention_map():
+    g = torch.Generator().manual_seed(0)
+
+    def outputs(shift, logits):
+        hidden = [torch.randn(2, 3, 4, generator=g) + shift for _ in range(3)]  # emb + 2 layers
+        attn = [torch.rand(2, 1, 3, 3, generator=g) for _ in range(2)]
+        return SimpleNamespace(hidden_states=hidden, attentions=attn, logits=logits,
+                               loss=torch.tensor(0.25))
+
+    s, t = outputs(0.0, S), outputs(0.5, T)
+
+    def mse(a, b):
+        return float(((a - b) ** 2).mean())
+
+    layers = mse(s.hidden_states[1], t.hidden_states[1]) + mse(s.hidden_states[2],
+                                                               t.hidden_states[2])
+    attn = mse(s.attentions[0], t.attentions[0]) + mse(s.attentions[1], t.attentions[1])
+    logits = mse(s.logits, t.logits)
+    cfg = DistillQuantConfig()
+    loss, parts = layers_kd_loss(s, t, cfg)
+    assert float(parts["layers"]) == pytest.approx(layers, rel=1e-6)
+    assert float(parts["attentions"]) == pytest.approx(attn, rel=1e-6)
+    assert float(loss) == pytest.approx(layers + attn + logits, rel=1e-6)
+    cfg = DistillQuantConfig(layer_weight=2.0, attention_weight=0.0, logits_weight=1.0,
+                             logits_loss="kl", kd_temperature=1.0, ce_weight=3.0)
+    loss, _ = layers_kd_loss(s, t, cfg)
+    kl = kl_by_hand(1.0) / 2  # batchmean over 2 rows, T^2 = 1
+    assert float(loss) == pytest.approx(2 * layers + kl + 3 * 0.25, rel=1e-5)
+    assert layers_kd_name(cfg).endswith("+ 3 * ce")
