@@ -33,17 +33,16 @@ def bounds(nbits: int, narrow: bool) -> tuple[int, int]:
 
 
 class _FakeQuant(torch.autograd.Function):
+    """clamp(round(x / step), qmin, qmax) * step, in place on one temporary (torch's fused
+    fake_quantize kernels are about 10x slower on CPU: benchmarks/RESULTS.md)."""
+
     @staticmethod
-    def forward(ctx, x, amax, qmin: int, qmax: int, clip: bool):  # noqa: ARG004
-        amax = amax.to(x.dtype)
-        live = amax > TINY_AMAX
-        scale = torch.where(live, qmax / amax.clamp_min(TINY_AMAX), torch.zeros_like(amax))
-        y = x * scale
-        y.round_().clamp_(qmin, qmax)
-        y.mul_(torch.where(live, amax / qmax, torch.zeros_like(amax)))
+    def forward(ctx, x, step, amax, qmin: int, qmax: int, clip: bool):
+        y = x / step
+        y.round_().clamp_(qmin, qmax).mul_(step)
+        ctx.clip = clip
         if clip:
             ctx.save_for_backward(x.abs() <= amax)
-        ctx.clip = clip
         return y
 
     @staticmethod
@@ -51,16 +50,26 @@ class _FakeQuant(torch.autograd.Function):
         if ctx.clip:
             (inside,) = ctx.saved_tensors
             grad = grad * inside
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def fake_quant(x: torch.Tensor, amax: torch.Tensor | float, nbits: int, *, narrow: bool = False,
                clip: bool = False) -> torch.Tensor:
-    """Fake-quantize x with amax broadcast against it (a scalar, or per channel (C, 1, ...))."""
+    """Fake-quantize x with amax broadcast against it: a scalar, per channel of dim 0
+    ((C, 1, ...)) or per token ((..., 1)). clip: the gradient is zero where |x| > amax; else
+    it passes unchanged."""
     qmin, qmax = bounds(nbits, narrow)
+    if x.dtype in (torch.float16, torch.bfloat16):  # mixed precision: round in float32
+        return fake_quant(x.float(), amax, nbits, narrow=narrow, clip=clip).to(x.dtype)
     if not isinstance(amax, torch.Tensor):
         amax = torch.tensor(float(amax), device=x.device)
-    return _FakeQuant.apply(x, amax.detach(), qmin, qmax, clip)
+    amax = amax.detach().to(device=x.device, dtype=x.dtype)
+    live = amax > TINY_AMAX
+    step = torch.where(live, amax / qmax, torch.ones_like(amax))
+    out = _FakeQuant.apply(x, step, amax, qmin, qmax, clip)
+    if x.is_cuda or not bool(live.all()):  # amax ~ 0 gives 0 (no host sync on the GPU)
+        out = out * live
+    return out
 
 
 def quantize_int(x: torch.Tensor, scale: torch.Tensor, nbits: int, narrow: bool) -> torch.Tensor:
@@ -69,15 +78,21 @@ def quantize_int(x: torch.Tensor, scale: torch.Tensor, nbits: int, narrow: bool)
     return torch.clamp(torch.round(x * scale), qmin, qmax)
 
 
+def _absmax(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """max|x| in one pass (no |x| temporary)."""
+    lo, hi = torch.aminmax(x, dim=dim, keepdim=keepdim)
+    return torch.maximum(hi, -lo)
+
+
 def reduce_amax(x: torch.Tensor, granularity: str, groups: int = 1) -> torch.Tensor:
     """max|x| per tensor (scalar), per channel of dim 0 ((C, 1, ...)), per group of dim-0 rows
     (rows are split into `groups` contiguous groups; (C, 1, ...)) or per token (last dim)."""
-    a = x.detach().abs()
+    x = x.detach()
     if granularity == "tensor":
-        return a.amax()
+        return _absmax(x)
     if granularity == "token":
-        return a.amax(dim=-1, keepdim=True)
-    rows = a.reshape(a.shape[0], -1).amax(dim=1)
+        return _absmax(x, dim=-1, keepdim=True)
+    rows = _absmax(x.reshape(x.shape[0], -1), dim=1)
     if granularity == "group":
         n = rows.numel()
         g = max(1, min(groups, n))
@@ -124,11 +139,9 @@ class TensorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_ema(self, x: torch.Tensor) -> None:
-        current = x.detach().abs().amax().to(self.amax.dtype)
-        if int(self.ema_steps) == 0:
-            self.amax.copy_(current)
-        else:
-            self.amax.sub_((1.0 - self.decay) * (self.amax - current))
+        current = _absmax(x.detach()).to(self.amax.dtype)
+        moved = self.amax - (1.0 - self.decay) * (self.amax - current)
+        self.amax.copy_(torch.where(self.ema_steps == 0, current, moved))  # no host sync
         self.ema_steps += 1
 
     def current_amax(self, x: torch.Tensor) -> torch.Tensor:

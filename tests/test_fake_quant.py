@@ -28,7 +28,11 @@ def test_per_tensor_matches_torch(nbits, narrow):
     ours = fake_quant(x, amax, nbits, narrow=narrow)
     ref = torch.fake_quantize_per_tensor_affine(x, float(amax / qmax), 0, qmin, qmax)
     _close_up_to_one_step(ours, ref, amax / qmax)
+    by_definition = torch.clamp(torch.round(x * (qmax / amax)), qmin, qmax) * (amax / qmax)
+    _close_up_to_one_step(ours, by_definition, amax / qmax)
     assert ours.unique().numel() <= qmax - qmin + 1
+    assert float(ours.max()) == pytest.approx(float(amax)) and (
+        float(ours.min()) == pytest.approx(qmin * float(amax) / qmax))
 
 
 @pytest.mark.parametrize("nbits", [2, 4, 8])
@@ -44,6 +48,18 @@ def test_per_channel_matches_torch(nbits):
     ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(16, dtype=torch.int32),
                                                  0, qmin, qmax)
     _close_up_to_one_step(ours, ref, (amax / qmax).expand_as(w))
+
+
+def test_other_amax_shapes_follow_the_definition():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 5, generator=g)
+    amax = torch.tensor([[0.5, 1.0, 1.5, 2.0, 0.0]])  # per column: no fused kernel for this
+    ours = fake_quant(x, amax, 4, narrow=True)
+    step = amax / 7
+    expected = torch.where(amax > 0, torch.clamp(torch.round(x / step), -7, 7) * step,
+                           torch.zeros_like(x))
+    _close_up_to_one_step(ours, expected, step.expand_as(x))
+    assert torch.equal(ours[:, 4], torch.zeros(6))
 
 
 def test_values_by_hand_and_tiny_amax():
