@@ -62,15 +62,19 @@ class Block:
 
 
 def _block_keys(runs: list[Run]) -> dict[str, list[str]]:
-    """Per method, the configuration keys that vary between its runs (they split its blocks)."""
-    by_method: dict[str, dict[str, set[str]]] = {}
+    """Per method, the configuration keys that vary between its runs of one task (they split
+    its blocks). A key that changes only with the task (a fine-tuned checkpoint per task, the
+    task's data directory) is part of the row, not a new block."""
+    by_cell: dict[tuple[str, str], dict[str, set[str]]] = {}
     for run in runs:
-        seen = by_method.setdefault(run.method, {})
+        seen = by_cell.setdefault((run.method, run.task), {})
         for key, value in run.config.items():
             seen.setdefault(key, set()).add(repr(value))
-    return {method: sorted(k for k, vals in seen.items()
-                           if len(vals) > 1 and k not in NOT_BLOCK_KEYS)
-            for method, seen in by_method.items()}
+    keys: dict[str, set[str]] = {}
+    for (method, _), seen in by_cell.items():
+        keys.setdefault(method, set()).update(
+            k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_BLOCK_KEYS)
+    return {method: sorted(ks) for method, ks in keys.items()}
 
 
 def _method_order(method: str) -> tuple[int, str]:

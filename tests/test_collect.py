@@ -170,3 +170,24 @@ def test_model_directories_are_not_jobs(tmp_path):
     (model / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
     proc = sweep_cli("collect", str(tmp_path / "s"), "-o", str(tmp_path / "r.xlsx"))
     assert proc.returncode == 0 and proc.stdout.startswith("4 jobs")
+
+
+def test_settings_that_change_only_with_the_task_do_not_split_blocks(tmp_path):
+    root = tmp_path / "s"
+    for task, acc in (("sst2", 0.91), ("rte", 0.66)):
+        for calibrator, delta in (("max", 0.0), ("entropy", 0.01)):
+            write_job(root, f"{task}-{calibrator}",
+                      {"task": task, "method": "ptq", "nbits": 8, "calibrator": calibrator,
+                       "model_name_or_path": f"teachers/bert-{task}",  # zipped with the task
+                       "data_dir": f"glue/{task}"},
+                      {"eval_accuracy": acc + delta, "eval_pred_classes": 2})
+    out = tmp_path / "r.xlsx"
+    assert sweep_cli("collect", str(root), "-o", str(out)).returncode == 0
+    rows = [[c.value for c in row] for row in openpyxl.load_workbook(out)["measurements"]
+            .iter_rows()]
+    blocks = {r[0]: i for i, r in enumerate(rows) if r and r[1] == 8}
+    assert list(blocks) == ["PTQ (calibrator=entropy)", "PTQ (calibrator=max)"]
+    for title, delta in (("PTQ (calibrator=entropy)", 0.01), ("PTQ (calibrator=max)", 0.0)):
+        i = blocks[title]
+        assert rows[i + 1][:2] == ["RTE(acc)", pytest.approx(0.66 + delta)]
+        assert rows[i + 2][:2] == ["SST-2(acc)", pytest.approx(0.91 + delta)]
