@@ -37,31 +37,42 @@ resources: {{cpus: 1, mem: 1000, time: 20}}
 """
 
 
-def slurm_env() -> dict[str, str] | None:
-    if not SLURM_CONF.is_file() or shutil.which("sinfo") is None:
-        return None
-    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
+def slurm_state(env: dict[str, str]) -> tuple[bool | None, str]:
+    """(the controller answered: True, refused: False, too slow to tell: None; sinfo's text)."""
     try:
-        ok = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
-                            text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return env if ok.returncode == 0 and re.search(r"idle|mixed|alloc", ok.stdout) else None
+        out = subprocess.run(["sinfo", "-h", "-o", "%N %T"], env=env, capture_output=True,
+                             text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return None, "sinfo took over 10 s"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"sinfo: {exc}"
+    text = (out.stdout + out.stderr).strip() or f"sinfo exit status {out.returncode}"
+    return out.returncode == 0, text
 
 
-@pytest.fixture
-def lsf_env(tmp_path):
-    return {**os.environ, "PATH": f"{STANDIN}{os.pathsep}{os.environ['PATH']}",
-            "LSF_STANDIN_DIR": str(tmp_path / "lsf-state"),
-            "LSF_STANDIN_TERMINATE_INTERVAL": "2"}
+def slurm_env(wait: float = 0.0) -> tuple[dict[str, str] | None, str]:
+    """(environment, "") once the test SLURM's node can take jobs (idle, mixed, allocated or
+    still completing a previous test's job), waiting up to `wait` seconds; else (None, why)."""
+    if not SLURM_CONF.is_file() or shutil.which("sinfo") is None:
+        return None, f"no SLURM configured (looked for {SLURM_CONF})"
+    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
+    deadline = time.monotonic() + wait
+    while True:
+        answered, state = slurm_state(env)
+        if answered and re.search(r"\b(idle|mixed|allocated|alloc|completing)\b", state):
+            return env, ""
+        if answered is False or time.monotonic() >= deadline:  # no waiting on a dead one
+            return None, f"SLURM at {SLURM_CONF} does not take jobs: {state}"
+        time.sleep(2)
 
 
 @pytest.fixture
 def slurm():
-    env = slurm_env()
+    env, why = slurm_env(wait=60.0)
     if env is None:
-        pytest.skip(f"no SLURM answers (start one with tests/slurm/start.sh; looked for "
-                    f"{SLURM_CONF})")
+        if os.environ.get("CI") and SLURM_CONF.is_file():  # .ci/run started it: must work
+            pytest.fail(why)
+        pytest.skip(f"{why} (start one with tests/slurm/start.sh)")
     return env
 
 
