@@ -43,10 +43,6 @@ from quantlib.qmodules import (
     quantizers,
 )
 
-GEMMS = ("attention.self.query", "attention.self.key", "attention.self.value",
-         "attention.output.dense", "intermediate.dense", "output.dense")
-
-
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -123,7 +119,14 @@ def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> d
         q.calibrator = MaxCalibrator(w_gran)
         return q
 
-    for lin in encoder_linears(model, patterns).values():
+    linears = encoder_linears(model, patterns)
+    if cfg.quant_mode in ("ft2", "ft3") and not any(
+            type(m) is BertSelfAttention and matches(n, patterns)
+            for n, m in model.named_modules()):
+        raise ValueError(f"quant_mode {cfg.quant_mode} quantizes BERT's attention and residual "
+                         f"adds; {type(model).__name__} has no BertSelfAttention inside "
+                         "quantize_modules (ft1 works on any model's Linears)")
+    for lin in linears.values():
         QuantLinear.convert(lin, input=act_q(), weight=weight_q(lin))
     if cfg.quant_mode in ("ft2", "ft3"):
         model.set_attn_implementation("eager")  # the quantized attention adds a float mask

@@ -101,3 +101,8 @@ def test_q8bert_quantizes_embeddings_encoder_pooler_and_a_delayed_head(model):
     assert not any("LayerNorm" in n for n in names.values())
     kinds = {names[id(q)].rsplit(".", 1)[1]: (q.amax_mode, q.narrow) for q in now}
     assert kinds == {"input_quantizer": ("ema", True), "weight_quantizer": ("dynamic", True)}
+
+
+def test_ft2_on_a_model_without_bert_attention_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="quant_mode ft2 quantizes BERT's attention"):
+        install_ft(model, PTQConfig(quant_mode="ft2"), ("*nothing*", "*classifier*"))
