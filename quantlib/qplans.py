@@ -43,6 +43,7 @@ from quantlib.qmodules import (
     quantizers,
 )
 
+
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

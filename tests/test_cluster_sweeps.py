@@ -67,6 +67,13 @@ def slurm_env(wait: float = 0.0) -> tuple[dict[str, str] | None, str]:
 
 
 @pytest.fixture
+def lsf_env(tmp_path):
+    return {**os.environ, "PATH": f"{STANDIN}{os.pathsep}{os.environ['PATH']}",
+            "LSF_STANDIN_DIR": str(tmp_path / "lsf-state"),
+            "LSF_STANDIN_TERMINATE_INTERVAL": "2"}
+
+
+@pytest.fixture
 def slurm():
     env, why = slurm_env(wait=60.0)
     if env is None:
