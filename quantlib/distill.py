@@ -23,8 +23,10 @@ from quantlib.configs import DistillQuantConfig, QATKDConfig
 
 def kl_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
             reduction: str = "mean", t_squared: bool = False) -> torch.Tensor:
-    kl = F.kl_div(F.log_softmax(student / temperature, dim=-1),
-                  F.softmax(teacher / temperature, dim=-1), reduction=reduction)
+    total = F.kl_div(F.log_softmax(student / temperature, dim=-1),
+                     F.softmax(teacher / temperature, dim=-1), reduction="sum")
+    # "mean": over every element (FT; torch's own "mean" is due to become "batchmean")
+    kl = total / (student.numel() if reduction == "mean" else student.shape[0])
     return kl * temperature ** 2 if t_squared else kl
 
 
