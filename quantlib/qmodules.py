@@ -112,6 +112,8 @@ class QuantSelfAttention(BertSelfAttention):
     def convert(cls, module: BertSelfAttention, quantizers: dict[str, QuantizerSpec]):
         if type(module) is not BertSelfAttention:
             raise TypeError(f"cannot quantize {type(module).__name__}")
+        if module.is_decoder:  # encoders only: no key/value cache to carry
+            raise ValueError("quantized attention is for BERT encoders, not decoders")
         module.__class__ = cls
         device = module.query.weight.device
         for name in ATTENTION_QUANTIZERS:
@@ -120,8 +122,6 @@ class QuantSelfAttention(BertSelfAttention):
         return module
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            raise NotImplementedError("quantized attention supports encoders only")
         shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
         q = self.query(hidden_states).view(shape).transpose(1, 2)
         k = self.key(hidden_states).view(shape).transpose(1, 2)
