@@ -26,6 +26,8 @@ BASELINES: dict[str, list[tuple[str, dict[str, float]]]] = {
 
 def collapse_reason(task: str, metrics: dict[str, Any]) -> str | None:
     """Why a run looks like a single-class predictor, or None."""
+    if task == "squad" and metrics.get("distinct_answers") == 1:
+        return "gives the same answer to every question"
     if metrics.get("pred_classes") == 1:
         return "constant output" if task == "stsb" else "predicts a single class"
     if task == "stsb" and isinstance(metrics.get("pearson"), float) and math.isnan(

@@ -37,10 +37,14 @@ ROWS: list[tuple[str, str, str]] = [
     ("mrpc", "accuracy", "MRPC(acc)"),
     ("mrpc", "combined_score", "MRPC(acc_f1)"),
     ("mrpc", "f1", "MRPC(f1)"),
+    ("squad", "exact_match", "SQuAD(EM)"),  # 0-100, as evaluate-v1.1.py
+    ("squad", "f1", "SQuAD(F1)"),
 ]
 # configuration that never splits a block: the sheet's own axes, seeds (averaged), bookkeeping
 NOT_BLOCK_KEYS = {"task", "nbits", "seed", "method", "data_dir", "dataset_name",
-                  "max_train_samples", "max_eval_samples", "logging_steps", "save_model"}
+                  "max_train_samples", "max_eval_samples", "logging_steps", "save_model",
+                  "stage", "after"}
+STAGE_INPUTS = ("model_name_or_path", "teacher_name_or_path")  # filled by a previous stage
 
 
 @dataclass
@@ -61,20 +65,42 @@ class Block:
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
 
 
-def _block_keys(runs: list[Run]) -> dict[str, list[str]]:
-    """Per method, the configuration keys that vary between its runs of one task (they split
-    its blocks). A key that changes only with the task (a fine-tuned checkpoint per task, the
-    task's data directory) is part of the row, not a new block."""
-    by_cell: dict[tuple[str, str], dict[str, set[str]]] = {}
+def lineage_configs(runs: list[Run]) -> dict[int, dict[str, Any]]:
+    """Each run's configuration with the arguments a previous stage filled (its saved model)
+    replaced by that job's own value, back to the first stage: runs of a later stage then
+    differ where their ancestors differ (the 85% or the 90% sparse start), not by path."""
+    by_model = {str(r.output_dir / "model"): r for r in runs}
+
+    def origin(run: Run, key: str, depth: int = 0) -> Any:
+        value = run.config.get(key)
+        parent = by_model.get(str(value)) if run.config.get("after") else None
+        if parent is None or depth > 50:
+            return value
+        return origin(parent, key, depth + 1)
+
+    return {id(r): {**r.config, **{k: origin(r, k) for k in STAGE_INPUTS if k in r.config}}
+            for r in runs}
+
+
+def _block_keys(runs: list[Run], configs: dict[int, dict[str, Any]]) -> dict[str, list[str]]:
+    """Per method, the configuration keys that vary between its runs of one task and stage
+    (they split its blocks), and "stage" when the method runs in several stages. A key that
+    changes only with the task (a fine-tuned checkpoint per task, the task's data directory)
+    is part of the row, not a new block."""
+    by_cell: dict[tuple[str, str, str], dict[str, set[str]]] = {}
+    stages: dict[str, set[str]] = {}
     for run in runs:
-        seen = by_cell.setdefault((run.method, run.task), {})
-        for key, value in run.config.items():
+        stage = str(run.config.get("stage") or "")
+        stages.setdefault(run.method, set()).add(stage)
+        seen = by_cell.setdefault((run.method, run.task, stage), {})
+        for key, value in configs[id(run)].items():
             seen.setdefault(key, set()).add(repr(value))
     keys: dict[str, set[str]] = {}
-    for (method, _), seen in by_cell.items():
+    for (method, _, _), seen in by_cell.items():
         keys.setdefault(method, set()).update(
             k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_BLOCK_KEYS)
-    return {method: sorted(ks) for method, ks in keys.items()}
+    return {method: (["stage"] if len(stages[method]) > 1 else []) + sorted(ks)
+            for method, ks in keys.items()}
 
 
 def _method_order(method: str) -> tuple[int, str]:
@@ -84,10 +110,11 @@ def _method_order(method: str) -> tuple[int, str]:
 
 def build_blocks(runs: list[Run]) -> list[Block]:
     done = [r for r in runs if r.state == "completed" and r.metrics]
-    split = _block_keys(done)
+    configs = lineage_configs(done)
+    split = _block_keys(done, configs)
     blocks: dict[tuple, Block] = {}
     for run in sorted(done, key=lambda r: _method_order(r.method)):
-        extra = tuple((k, run.config.get(k)) for k in split[run.method])
+        extra = tuple((k, configs[id(run)].get(k)) for k in split[run.method])
         key = (_method_order(run.method), extra)
         if key not in blocks:
             entry = METHODS.get(run.method)

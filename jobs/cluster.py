@@ -80,20 +80,43 @@ def make_executor(backend: str, folder: Path, name: str, res: Resources,
     return executor
 
 
-def submit(backend: str, folder: Path, name: str, res: Resources, config_paths: list[str],
-           code: Path) -> list[Any]:
-    """Submit one array element per config, running the code snapshot `code`; returns submitit
-    jobs in the same order."""
+def dependency_parameters(backend: str, res: Resources, after: str) -> dict[str, Any]:
+    """Executor parameters that hold a job until the job `after` (a submitit id, "123_4" for
+    an array element) completed successfully; a failed one cancels it (SLURM) or keeps it
+    pending (LSF: until the sweep is relaunched, which resubmits both)."""
+    if backend == "slurm":
+        return {"additional_parameters": {**_slurm_extra(res.slurm.extra),
+                                          "dependency": f"afterok:{after}",
+                                          "kill-on-invalid-dep": "yes"}}
+    return {"dependency": after}
+
+
+def submit(backend: str, folder: Path, name: str, res: Resources,
+           items: list[tuple[str, str | None]], code: Path) -> list[Any]:
+    """Submit one job per (config, dependency), running the code snapshot `code`: those without
+    a dependency as one array, each other one on its own, waiting for its dependency (a
+    scheduler id). Returns submitit jobs in the same order."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     from jobs.snapshot import pythonpath_line
     from quantlib.run import run_config
 
-    executor = make_executor(backend, folder, name, res, [pythonpath_line(code)])
+    setup = [pythonpath_line(code)]
+    free = [c for c, dep in items if dep is None]
     try:
-        if len(config_paths) == 1:
-            return [executor.submit(run_config, config_paths[0])]
-        return executor.map_array(run_config, config_paths)
+        out: dict[int, Any] = {}
+        if free:
+            executor = make_executor(backend, folder, name, res, setup)
+            handles = ([executor.submit(run_config, free[0])] if len(free) == 1
+                       else executor.map_array(run_config, free))
+            it = iter(handles)
+            out.update({i: next(it) for i, (_, dep) in enumerate(items) if dep is None})
+        for i, (config, dep) in enumerate(items):
+            if dep is not None:
+                executor = make_executor(backend, folder, name, res, setup)
+                executor.update_parameters(**dependency_parameters(backend, res, dep))
+                out[i] = executor.submit(run_config, config)
+        return [out[i] for i in range(len(items))]
     except (FailedSubmissionError, FailedJobError, OSError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UserError(f"--backend {backend}: `{COMMANDS[backend]}` refused the "

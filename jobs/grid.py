@@ -1,7 +1,11 @@
 """Expand a spec into jobs: grid product x zipped axes, minus exclude, plus include.
 
 Expansion is deterministic (spec order) and each job's id is a hash of its explicit, resolved
-configuration, so relaunching the same spec finds the same jobs.
+configuration, so relaunching the same spec finds the same jobs. In a staged spec each job of a
+later stage is one job of the previous stage (its parent: its explicit arguments carry over)
+times one point of the stage's grid; the arguments that receive the parent's saved model hold
+the marker `@job:<parent id>` in the config (and so in the id), replaced by the parent's model
+directory in the runtime config.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import SpecError
-from jobs.spec import Spec
+from jobs.spec import Spec, Stage
 from quantlib.configs import ConfigError, ignored_keys, resolve
 
 ID_LENGTH = 10
+MARKER = "@job:"  # a value standing for the saved model of the job whose id follows
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class Job:
     config: dict[str, Any]  # explicit arguments the job's method uses, validated
     output_dir: Path  # absolute
     source: str  # "grid", "include[2]": where the job came from in the spec
+    stage: str = ""  # "" in a spec without stages
+    after: str | None = None  # the previous-stage job this one depends on and starts from
+    upstream_dir: Path | None = None  # that job's output directory
 
     def get(self, key: str, default: Any = "") -> Any:
         return self.config.get(key, default)
@@ -55,7 +63,7 @@ def _matches(point: dict[str, Any], values: dict[str, Any]) -> bool:
     return True
 
 
-def _grid_points(spec: Spec) -> list[dict[str, Any]]:
+def _grid_points(spec: Stage) -> list[dict[str, Any]]:
     axes: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
     for group in spec.zips:
         keys = list(group)
@@ -69,18 +77,21 @@ def _grid_points(spec: Spec) -> list[dict[str, Any]]:
     return points
 
 
-def _key_source(spec: Spec, key: str, source: str, point: dict[str, Any]) -> str:
+def _key_source(spec: Spec, stage: Stage, prefix: str, key: str, source: str,
+                point: dict[str, Any]) -> str:
     if key in point:
-        if source.startswith("include"):
+        if source.startswith(prefix + "include"):
             return f"{source}.{key}"
-        if key in spec.grid:
-            return f"grid.{key}"
-        for i, group in enumerate(spec.zips):
+        if key in stage.grid:
+            return f"{prefix}grid.{key}"
+        for i, group in enumerate(stage.zips):
             if key in group:
-                return f"zip[{i}].{key}"
+                return f"{prefix}zip[{i}].{key}"
+    if key in stage.base:
+        return f"{prefix}base.{key}"
     if key in spec.base:
         return f"base.{key}"
-    return key
+    return prefix + key if prefix else key
 
 
 def _safe(value: Any) -> str:
@@ -88,58 +99,87 @@ def _safe(value: Any) -> str:
 
 
 def expand(spec: Spec) -> list[Job]:
-    """All jobs of a spec, in order; raises SpecError for invalid or duplicate jobs."""
+    """All jobs of a spec, stage after stage, in order; raises SpecError for invalid or
+    duplicate jobs."""
     sweep_dir = Path(spec.sweep_dir).absolute()
-    candidates: list[tuple[str, dict[str, Any]]] = []
-    used_excludes: set[int] = set()
-    for point in _grid_points(spec):
-        values = {**spec.base, **point}
-        hit = [i for i, ex in enumerate(spec.exclude) if _matches(ex, values)]
-        used_excludes.update(hit)
-        if not hit:
-            candidates.append(("grid", point))
-    for i, ex in enumerate(spec.exclude):
-        if i not in used_excludes:
-            raise SpecError(spec.path, f"exclude[{i}]", f"{ex} matches no job of the grid")
-    candidates += [(f"include[{i}]", dict(p)) for i, p in enumerate(spec.include)]
-
     jobs: list[Job] = []
     seen: dict[str, str] = {}
     out_dirs: dict[Path, str] = {}
-    for source, point in candidates:
-        values = {**spec.base, **point}
-        try:
-            config = resolve(values)
-        except ConfigError as exc:
-            raise SpecError(spec.path, _key_source(spec, exc.key, source, point),
-                            exc.message) from None
-        jid = job_id(config)
-        label = _describe(spec, config)
-        if jid in seen:
-            ignored = ignored_keys(values)
-            hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give such jobs "
-                    "through include instead" if ignored else "")
-            raise SpecError(spec.path, source, f"duplicate job {label} (same configuration "
-                                               f"as {seen[jid]}){hint}")
-        seen[jid] = source if source != "grid" else f"grid point {label}"
-        out = _output_dir(spec, sweep_dir, config, jid)
-        if out in out_dirs:
-            raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} would "
-                                                     f"share the directory {out}")
-        out_dirs[out] = label
-        jobs.append(Job(jid, len(jobs) + 1, config, out, source))
+    parents: list[Job | None] = [None]
+    for k, stage in enumerate(spec.stages):
+        prefix = f"stages[{k}]." if spec.staged else ""
+        last = k == len(spec.stages) - 1
+        stage_jobs: list[Job] = []
+        for parent in parents:
+            inherited: dict[str, Any] = {}
+            if parent is not None:
+                inherited = {key: v for key, v in parent.config.items() if key != "save_model"}
+                inherited.update({key: MARKER + parent.id for key in stage.inputs})
+            for source, values, point in _candidates(spec, stage, prefix, inherited):
+                if not last:
+                    values["save_model"] = True  # the next stage starts from it
+                try:
+                    config = resolve(values)
+                except ConfigError as exc:
+                    raise SpecError(spec.path, _key_source(spec, stage, prefix, exc.key, source,
+                                                           point), exc.message) from None
+                jid = job_id(config)
+                label = _describe(spec, config)
+                if jid in seen:
+                    ignored = ignored_keys(values)
+                    hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give "
+                            "such jobs through include instead" if ignored else "")
+                    raise SpecError(spec.path, source, f"duplicate job {label} (same "
+                                    f"configuration as {seen[jid]}){hint}")
+                seen[jid] = source if not source.endswith("grid") else f"grid point {label}"
+                out = _output_dir(spec, stage, sweep_dir, config, jid)
+                if out in out_dirs:
+                    raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} "
+                                                             f"would share the directory {out}")
+                out_dirs[out] = label
+                job = Job(jid, len(jobs) + 1, config, out, source, stage.name,
+                          parent.id if parent else None, parent.output_dir if parent else None)
+                jobs.append(job)
+                stage_jobs.append(job)
+        parents = list(stage_jobs)
     return jobs
 
 
+def _candidates(spec: Spec, stage: Stage, prefix: str, inherited: dict[str, Any]
+                ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(source, values, point) of one stage for one parent (or none)."""
+    out = []
+    used_excludes: set[int] = set()
+    for point in _grid_points(stage):
+        values = {**spec.base, **inherited, **stage.base, **point}
+        hit = [i for i, ex in enumerate(stage.exclude) if _matches(ex, values)]
+        used_excludes.update(hit)
+        if not hit:
+            out.append((f"{prefix}grid", values, point))
+    if not inherited:  # with parents, an exclude may match the jobs of some of them only
+        for i, ex in enumerate(stage.exclude):
+            if i not in used_excludes:
+                raise SpecError(spec.path, f"{prefix}exclude[{i}]",
+                                f"{ex} matches no job of the grid")
+    for i, p in enumerate(stage.include):
+        out.append((f"{prefix}include[{i}]", {**spec.base, **inherited, **stage.base, **p},
+                    dict(p)))
+    return out
+
+
 def _describe(spec: Spec, config: dict[str, Any]) -> str:
-    return ",".join(f"{a}={config[a]}" for a in spec.axes if a in config) or "(base)"
+    return ",".join(f"{a}={config[a]}" for a in spec.axes
+                    if a in config and not str(config[a]).startswith(MARKER)) or "(base)"
 
 
-def _output_dir(spec: Spec, sweep_dir: Path, config: dict[str, Any], jid: str) -> Path:
+def _output_dir(spec: Spec, stage: Stage, sweep_dir: Path, config: dict[str, Any],
+                jid: str) -> Path:
     if spec.output_dir:
         fields = {a: _safe(config.get(a, "NA")) for a in spec.axes}
-        rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, **fields))
+        rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, stage=stage.name or "NA",
+                                          **fields))
     else:
-        label = "_".join(_safe(config[a]) for a in spec.axes if a in config)
-        rel = Path("jobs") / (f"{label}-{jid}" if label else jid)
+        label = "_".join(_safe(config[a]) for a in spec.axes
+                         if a in config and not str(config[a]).startswith(MARKER))
+        rel = Path("jobs") / stage.name / (f"{label}-{jid}" if label else jid)
     return rel if rel.is_absolute() else sweep_dir / rel

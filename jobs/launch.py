@@ -12,16 +12,27 @@ from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
 from jobs.manage import rel_path, states
-from jobs.scripts import label, render_arrays, render_local, write_configs
+from jobs.scripts import (
+    dependency_option,
+    label,
+    render_arrays,
+    render_local,
+    render_staged_submission,
+    write_configs,
+)
 from jobs.snapshot import snapshot
 from jobs.spec import Spec, load_spec
 from quantlib.outputs import now
 
 
 def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
-    head = ["job id", "task", "method", "nbits", "output dir"] + (["state"] if states else [])
-    rows = [[j.id, str(j.get("task")), str(j.get("method")), str(j.get("nbits", "-")),
-             rel_path(j.output_dir)] + ([states[j.id]] if states else []) for j in jobs]
+    staged = any(j.stage for j in jobs)
+    head = (["stage"] if staged else []) + ["job id", "task", "method", "nbits"] + (
+        ["after"] if staged else []) + ["output dir"] + (["state"] if states else [])
+    rows = [([j.stage] if staged else []) + [j.id, str(j.get("task")), str(j.get("method")),
+                                             str(j.get("nbits", "-"))]
+            + ([j.after or "-"] if staged else []) + [rel_path(j.output_dir)]
+            + ([states[j.id]] if states else []) for j in jobs]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [head, *rows])
@@ -37,7 +48,13 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
     if backend == "local":
         for job in jobs:
             script = render_local(spec, job, configs[job.id], sweep_dir)
-            print(f"  bash {shlex.quote(rel_path(script))}", file=out)
+            after = f"  # after {job.after} completes" if job.after else ""
+            print(f"  bash {shlex.quote(rel_path(script))}{after}", file=out)
+    elif spec.staged:
+        script, lines = render_staged_submission(backend, spec, jobs, configs, sweep_dir)
+        print(f"  (all of it: bash {shlex.quote(rel_path(script))})", file=out)
+        for line in lines:
+            print(f"  {line}", file=out)
     else:
         for script in render_arrays(backend, spec, jobs, configs, sweep_dir):
             cmd = "bsub <" if backend == "lsf" else "sbatch"
@@ -80,24 +97,73 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                   f"queued or running)", file=out)
             return 0
         configs = write_configs(spec, todo, sweep_dir)
-        handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
-                                 spec.resources, [str(configs[j.id]) for j in todo],
-                                 snapshot(sweep_dir))
-        for job, handle in zip(todo, handles):
+        # a later-stage job waits for its parent when the parent is submitted now or still
+        # queued / running; a queued job whose parent is resubmitted waits for a failed id:
+        # cancelled and resubmitted with it
+        by_id = {j.id: j for j in jobs}
+        todo_ids = {j.id for j in todo}
+        stale: list[Job] = []
+        for j in queued:  # jobs in stage order: a parent is decided before its children
+            if j.after in todo_ids or any(j.after == p.id for p in stale):
+                stale.append(j)
+        for j in stale:
+            entry = ledger.jobs[j.id]
+            cluster.cancel(entry.get("backend", backend), sweep_dir / cluster.SUBMITIT_DIR,
+                           [entry["scheduler_id"]])
+        if stale:
+            configs.update(write_configs(spec, stale, sweep_dir))
+            todo = [j for j in jobs if j.id in todo_ids or j in stale]
+            queued = [j for j in queued if j not in stale]
+        new_ids: dict[str, str] = {}
+        submitted: list[tuple[Job, object, str | None]] = []
+        for stage_jobs in _by_stage(spec, todo):
+            deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
+            handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
+                                     spec.resources, [(str(configs[j.id]), d)
+                                                      for j, d in zip(stage_jobs, deps)],
+                                     snapshot(sweep_dir))
+            for j, h, d in zip(stage_jobs, handles, deps):
+                new_ids[j.id] = h.job_id
+                submitted.append((j, h, d))
+        for job, handle, dep in submitted:
             entry = ledger.jobs[job.id]
-            ledger.jobs[job.id].update(
-                state="submitted", backend=backend, scheduler_id=handle.job_id,
-                submitted=now(), attempts=entry.get("attempts", 0) + 1, exit_status=None,
-                reason=None, log=str(handle.paths.stdout))
+            entry.update(state="submitted", backend=backend, scheduler_id=handle.job_id,
+                         submitted=now(), attempts=entry.get("attempts", 0) + 1,
+                         exit_status=None, reason=None, log=str(handle.paths.stdout),
+                         after=job.after, waits_for=dep)
         ledger.save()
-    arrays = sorted({h.job_id.split("_")[0] for h in handles})
+    arrays = sorted({h.job_id.split("_")[0] for _, h, _ in submitted})
+    waiting = sum(1 for _, _, d in submitted if d)
     print(f"sweep {spec.name}: submitted {len(todo)} jobs to {backend.upper()} "
           f"(job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}); {done} already "
-          f"completed, {len(queued)} queued or running", file=out)
+          f"completed, {len(queued)} queued or running"
+          + (f"; {waiting} wait for their previous-stage job ({dependency_option(backend, 'ID')})"
+             if waiting else "")
+          + (f"; {len(stale)} queued behind a failed job were resubmitted" if stale else ""),
+          file=out)
     print(f"follow with: sweep status {shlex.quote(rel_path(sweep_dir))}; a job's log: sweep logs "
           f"JOB_ID {shlex.quote(rel_path(sweep_dir))}; results: sweep collect "
           f"{shlex.quote(rel_path(sweep_dir))}", file=out)
     return 0
+
+
+def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],
+                resolved: dict[str, tuple[str, str | None]], ledger: Ledger) -> str | None:
+    """The scheduler id a job must wait for: its parent's, when the parent is submitted now or
+    still queued / running; None when the parent completed (or there is none)."""
+    if job.after is None or job.after not in by_id:
+        return None
+    if job.after in new_ids:
+        return new_ids[job.after]
+    if resolved[job.after][0] in ("pending", "running"):
+        return ledger.jobs[job.after].get("scheduler_id")
+    return None
+
+
+def _by_stage(spec: Spec, jobs: list[Job]) -> list[list[Job]]:
+    """Jobs grouped by stage, in stage order (empty stages left out)."""
+    groups = [[j for j in jobs if j.stage == st.name] for st in spec.stages]
+    return [g for g in groups if g]
 
 
 def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | None,
@@ -139,7 +205,9 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         rc = runner.run()
         c = runner.counts
         print(f"sweep {spec.name}: {c['completed']} completed, {c['failed']} failed, "
-              f"{c['interrupted']} interrupted; collect with: sweep collect "
+              f"{c['interrupted']} interrupted"
+              + (f", {c['skipped']} skipped (previous stage failed)" if c["skipped"] else "")
+              + "; collect with: sweep collect "
               f"{shlex.quote(rel_path(sweep_dir))} --to xlsx", file=out)
         failed = [j for j in todo if ledger.jobs[j.id]["state"] != "completed"]
         for j in failed[:10]:

@@ -1,5 +1,9 @@
 """The local backend: jobs as subprocesses on this machine, one GPU set each, bounded parallelism.
 
+Stages by ordering: a job whose previous-stage job is part of the same run starts once that one
+completed; if it failed (or was skipped), the job is skipped and recorded so (rerun on the next
+launch, after its parent).
+
 Children run in their own sessions so that Ctrl-C reaches only this launcher, which forwards
 SIGINT to every running job (each records `interrupted` in its status), waits, and marks them.
 """
@@ -58,7 +62,7 @@ class LocalRun:
     log_dir: Path
     stream: IO[str] = sys.stderr
     counts: dict[str, int] = field(default_factory=lambda: {
-        "completed": 0, "failed": 0, "interrupted": 0})
+        "completed": 0, "failed": 0, "interrupted": 0, "skipped": 0})
     _interrupted: bool = False
 
     def run(self) -> int:
@@ -66,13 +70,24 @@ class LocalRun:
         pending = list(self.jobs)
         running: dict[str, _Running] = {}
         free = list(self.gpu_pool)
+        in_run = {j.id for j, _, _ in self.jobs}
+        self.finished: dict[str, str] = {}
+
+        def ready(job: Job) -> bool:
+            return (job.after is None or job.after not in in_run
+                    or self.finished.get(job.after) == "completed")
+
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while (pending and not self._interrupted) or running:
+                self._skip_blocked(pending)
                 while pending and not self._interrupted and len(running) < self.max_parallel:
                     if self.gpu_pool and len(free) < self.gpus_per_job:
                         break
-                    job, script, label = pending.pop(0)
+                    i = next((i for i, item in enumerate(pending) if ready(item[0])), None)
+                    if i is None:
+                        break  # the rest wait for jobs that are running
+                    job, script, label = pending.pop(i)
                     gpus = [free.pop(0) for _ in range(self.gpus_per_job)] if self.gpu_pool else []
                     running[job.id] = self._start(job, script, gpus)
                     self._progress(len(running), len(pending), f"started {label}")
@@ -82,17 +97,43 @@ class LocalRun:
                     if r.proc.poll() is None:
                         continue
                     state = self._finish(r)
+                    self.finished[jid] = state
                     free += r.gpus
                     del running[jid]
                     label = next(lbl for j, _, lbl in self.jobs if j.id == jid)
                     self._progress(len(running), len(pending),
                                    f"{state} {label} ({time.monotonic() - r.start:.0f}s)")
+                if pending and not running and not self._interrupted and not any(
+                        ready(item[0]) for item in pending):
+                    self._skip_blocked(pending)
+                    if pending and not any(ready(item[0]) for item in pending):
+                        raise RuntimeError("jobs wait for jobs that are not part of the run")
+                    continue
                 time.sleep(POLL_SECONDS)
         finally:
             signal.signal(signal.SIGINT, previous)
         if self._interrupted:
             return 130
-        return 1 if self.counts["failed"] else 0
+        return 1 if self.counts["failed"] or self.counts["skipped"] else 0
+
+    def _skip_blocked(self, pending: list[tuple[Job, Path, str]]) -> None:
+        """Jobs whose previous-stage job ended without completing never start."""
+        changed = True
+        while changed:
+            changed = False
+            for item in list(pending):
+                job, _, label = item
+                parent_state = self.finished.get(job.after or "")
+                if parent_state is None or parent_state == "completed":
+                    continue
+                pending.remove(item)
+                self.finished[job.id] = "skipped"
+                self.counts["skipped"] += 1
+                self.ledger.update(job.id, state="skipped", backend="local", exit_status=None,
+                                   reason=f"not started: its previous-stage job {job.after} "
+                                          f"{parent_state}")
+                self._progress(0, len(pending), f"skipped {label}")
+                changed = True
 
     def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
         if self._interrupted:  # second Ctrl-C: stop waiting politely

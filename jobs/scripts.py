@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 
 from jobs.atomic import write_json, write_text
-from jobs.grid import Job
+from jobs.grid import MARKER, Job, _describe
 from jobs.resources import Resources
 from jobs.snapshot import snapshot
 from jobs.spec import Spec
@@ -49,8 +49,13 @@ def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
         value = config.get(key)
         if value and Path(value).exists():
             config[key] = str(Path(value).absolute())
+    for key, value in config.items():  # a later stage starts from its parent's saved model
+        if isinstance(value, str) and value.startswith(MARKER):
+            assert job.upstream_dir is not None and value == MARKER + str(job.after)
+            config[key] = str(job.upstream_dir / "model")
     config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
-                  nproc_per_node=max(1, spec.resources.gpus))
+                  nproc_per_node=max(1, spec.resources.gpus), stage=job.stage or None,
+                  after=job.after)
     return config
 
 
@@ -64,7 +69,8 @@ def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, Pat
 
 
 def label(spec: Spec, job: Job) -> str:
-    return ",".join(f"{a}={job.config[a]}" for a in spec.axes if a in job.config)
+    text = _describe(spec, job.config)
+    return f"{job.stage}: {text}" if job.stage else text
 
 
 def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
@@ -91,16 +97,22 @@ def render_lsf_options(res: Resources, name: str, count: int | None, out_path: s
 
 
 def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
-                  sweep_dir: Path) -> list[Path]:
+                  sweep_dir: Path, tag: str = "") -> list[Path]:
     """One array script per chunk of at most MAX_ARRAY jobs (`kind`: lsf or slurm)."""
+    return [path for path, _ in _render_chunks(kind, spec, jobs, configs, sweep_dir, tag)]
+
+
+def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+                   sweep_dir: Path, tag: str = "") -> list[tuple[Path, list[Job]]]:
     template = _env.get_template(f"{kind}_array.sh.j2")
     base = 1 if kind == "lsf" else 0  # LSF array indices start at 1, SLURM's at 0
     chunks = [jobs[i:i + MAX_ARRAY] for i in range(0, len(jobs), MAX_ARRAY)]
     res = spec.resources
     paths = []
     for n, chunk in enumerate(chunks, 1):
-        name = spec.name if len(chunks) == 1 else f"{spec.name}.{n}"
-        path = sweep_dir / "scripts" / f"{kind}_array_{n}.sh"
+        name = (f"{spec.name}.{tag}" if tag else spec.name) + (
+            f".{n}" if len(chunks) > 1 else "")
+        path = sweep_dir / "scripts" / f"{kind}_array{'_' + tag if tag else ''}_{n}.sh"
         text = template.render(
             **_common(spec, sweep_dir), script_path=str(path), array_name=name,
             index_var="LSB_JOBINDEX" if kind == "lsf" else "SLURM_ARRAY_TASK_ID",
@@ -109,5 +121,72 @@ def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pat
             jobs=[ScriptJob(j.id, label(spec, j), base + i, configs[j.id])
                   for i, j in enumerate(chunk)])
         write_text(path, text, mode=0o755, durable=False)
-        paths.append(path)
+        paths.append((path, chunk))
     return paths
+
+
+def render_single(kind: str, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+    """A cluster script for one job (not an array): later-stage jobs, each with its own
+    dependency given at submission."""
+    path = sweep_dir / "scripts" / f"{kind}_{job.id}.sh"
+    name = f"{spec.name}.{job.stage}" if job.stage else spec.name
+    text = _env.get_template(f"{kind}_array.sh.j2").render(
+        **_common(spec, sweep_dir), script_path=str(path), array_name=name, index_var=None,
+        parallelism=None, first=job.index, last=job.index, total=job.index,
+        jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
+    write_text(path, text, mode=0o755, durable=False)
+    return path
+
+
+def render_staged_submission(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+                             sweep_dir: Path) -> tuple[Path, list[str]]:
+    """The submission of a staged sweep as a shell script: the first stage as arrays, every
+    later job on its own, waiting for its parent (SLURM afterok, LSF done()). Returns the
+    script and its command lines."""
+    refs: dict[str, str] = {}  # job id -> shell expression of its scheduler id
+    lines: list[str] = []
+    first = [j for j in jobs if j.after is None]
+    n_arrays = 0
+    for path, chunk in _render_chunks(kind, spec, first, configs, sweep_dir,
+                                      first[0].stage if first else ""):
+        n_arrays += 1
+        var = f"A{n_arrays}"
+        lines.append(f"{var}=$({_submit_cmd(kind, path)})  # {len(chunk)} job"
+                     + ("s" if len(chunk) > 1 else ""))
+        for i, job in enumerate(chunk):
+            refs[job.id] = (f"${{{var}}}[{i + 1}]" if kind == "lsf" else f"${{{var}}}_{i}")
+    for job in jobs:
+        if job.after is None:
+            continue
+        path = render_single(kind, spec, job, configs[job.id], sweep_dir)
+        var = f"J_{job.id}"
+        lines.append(f"{var}=$({_submit_cmd(kind, path, refs[job.after])})  "
+                     f"# {label(spec, job)}, after {job.after}")
+        refs[job.id] = f"${{{var}}}"
+    script = sweep_dir / "scripts" / f"submit_{kind}.sh"
+    head = [
+        "#!/usr/bin/env bash",
+        f"# quantsweep: sweep {spec.name} to {kind.upper()}, stage after stage: a job of a later "
+        "stage waits for its parent job and never starts if that one fails.",
+        f"# Rendered from {Path(spec.path).absolute()}; run with: bash {shlex.quote(str(script))}",
+        "set -euo pipefail",
+    ]
+    if kind == "lsf":
+        head.append("jobid() { sed -n 's/.*Job <\\([0-9]*\\)>.*/\\1/p'; }")
+    write_text(script, "\n".join(head + lines) + "\n", mode=0o755, durable=False)
+    return script, lines
+
+
+def dependency_option(kind: str, ref: str) -> str:
+    """The submission option that makes a job wait for `ref` (a scheduler id, or a shell
+    expression of one) to complete successfully."""
+    if kind == "lsf":
+        return f'-w "done({ref})"'
+    return f"--dependency=afterok:{ref} --kill-on-invalid-dep=yes"
+
+
+def _submit_cmd(kind: str, path: Path, after: str | None = None) -> str:
+    dep = f"{dependency_option(kind, after)} " if after else ""
+    if kind == "lsf":
+        return f"bsub {dep}< {shlex.quote(str(path))} | jobid"
+    return f"sbatch --parsable {dep}{shlex.quote(str(path))}"

@@ -14,27 +14,30 @@ from jobs.errors import SpecError
 from jobs.resources import Resources, parse_resources
 from quantlib.configs import all_keys, suggest
 
-TOP_KEYS = ("name", "description", "grid", "zip", "exclude", "include", "base", "output_dir",
-            "sweep_dir", "resources")
+TOP_KEYS = ("name", "description", "grid", "zip", "exclude", "include", "base", "stages",
+            "output_dir", "sweep_dir", "resources")
+STAGE_KEYS = ("name", "grid", "zip", "exclude", "include", "base", "from_previous")
+STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+# arguments a stage may fill with the previous stage's saved model
+INPUT_KEYS = ("model_name_or_path", "teacher_name_or_path")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RANGE_RE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
-JOB_PLACEHOLDERS = ("job_id", "name")
+JOB_PLACEHOLDERS = ("job_id", "name", "stage")
 
 
 @dataclass
-class Spec:
-    path: str
+class Stage:
+    """One stage of a sweep. A spec without `stages` is one unnamed stage. The jobs of a later
+    stage are each job of the previous stage times this stage's grid; each depends on its
+    previous-stage job and starts from its saved model (the arguments named by `inputs`)."""
+
     name: str
     grid: dict[str, list[Any]]
     zips: list[dict[str, list[Any]]]
     exclude: list[dict[str, Any]]
     include: list[dict[str, Any]]
     base: dict[str, Any]
-    output_dir: str | None
-    sweep_dir: str
-    resources: Resources
-    description: str = ""
-    raw: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...]  # keys set to the previous stage's model (later stages)
 
     @property
     def axes(self) -> list[str]:
@@ -44,6 +47,31 @@ class Spec:
             out += [k for k in group if k not in out]
         for point in self.include:
             out += [k for k in point if k not in out]
+        return out
+
+
+@dataclass
+class Spec:
+    path: str
+    name: str
+    stages: list[Stage]
+    base: dict[str, Any]
+    output_dir: str | None
+    sweep_dir: str
+    resources: Resources
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def staged(self) -> bool:
+        return len(self.stages) > 1 or bool(self.stages[0].name)
+
+    @property
+    def axes(self) -> list[str]:
+        """Every stage's axes, in spec order, each once."""
+        out: list[str] = []
+        for st in self.stages:
+            out += [a for a in st.axes if a not in out]
         return out
 
 
@@ -74,67 +102,32 @@ def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(path, "name", f"{name!r} must be 1-100 characters of A-Z a-z 0-9 . _ - "
                                       "(it names cluster jobs)")
-    known = all_keys()
-
-    def check_arg(where: str, key: Any) -> None:
-        if key not in known:
-            raise SpecError(path, where, f"unknown trainer argument {key!r}"
-                                         f"{suggest(key, sorted(known))}")
-
-    grid_raw = raw.get("grid") or {}
-    if not isinstance(grid_raw, dict):
-        raise SpecError(path, "grid", "must map axis names to lists of values or ranges (1..8)")
-    grid = {}
-    for axis, values in grid_raw.items():
-        check_arg(f"grid.{axis}", axis)
-        grid[axis] = _axis_values(path, f"grid.{axis}", values)
-
-    zip_raw = raw.get("zip") or []
-    if isinstance(zip_raw, dict):
-        zip_raw = [zip_raw]
-    if not isinstance(zip_raw, list):
-        raise SpecError(path, "zip", "must be a list of mappings {axis: [values...]} whose "
-                                     "lists have equal length")
-    zips: list[dict[str, list[Any]]] = []
-    seen = set(grid)
-    for i, group in enumerate(zip_raw):
-        where = f"zip[{i}]"
-        if not isinstance(group, dict) or len(group) < 2:
-            raise SpecError(path, where, "must map two or more axes to lists of equal length")
-        parsed = {}
-        for axis, values in group.items():
-            check_arg(f"{where}.{axis}", axis)
-            if axis in seen:
-                raise SpecError(path, f"{where}.{axis}", "axis already appears in grid or zip")
-            seen.add(axis)
-            parsed[axis] = _axis_values(path, f"{where}.{axis}", values)
-        lengths = {k: len(v) for k, v in parsed.items()}
-        if len(set(lengths.values())) != 1:
-            raise SpecError(path, where, "zipped lists differ in length: "
-                            + ", ".join(f"{k}={n}" for k, n in lengths.items()))
-        zips.append(parsed)
-
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         raise SpecError(path, "base", "must map trainer arguments to values")
     for key in base:
-        check_arg(f"base.{key}", key)
-
-    def points(key: str) -> list[dict[str, Any]]:
-        items = raw.get(key) or []
-        if not isinstance(items, list) or not all(isinstance(p, dict) and p for p in items):
-            raise SpecError(path, key, "must be a list of non-empty mappings {axis: value}")
-        for i, point in enumerate(items):
-            for axis in point:
-                check_arg(f"{key}[{i}].{axis}", axis)
-        return items
-
-    exclude, include = points("exclude"), points("include")
-    if not grid and not zips and not include:
-        raise SpecError(path, "grid", "empty grid: give at least one axis (or include points)")
+        _check_arg(path, f"base.{key}", key)
+    stages_raw = raw.get("stages")
+    if stages_raw is not None:
+        for key in ("grid", "zip", "exclude", "include"):
+            if raw.get(key):
+                raise SpecError(path, key, "a spec with stages gives its grid in each stage "
+                                           "(stages[i].grid); top-level base applies to all")
+        if not isinstance(stages_raw, list) or not stages_raw:
+            raise SpecError(path, "stages", "must be a list of stages {name, grid, zip, "
+                                            "exclude, include, base, from_previous}")
+        stages: list[Stage] = []
+        for i, st in enumerate(stages_raw):
+            stages.append(_parse_stage(path, st, i, [s.name for s in stages]))
+    else:
+        grid, zips, exclude, include = _parse_points(path, raw, "")
+        if not grid and not zips and not include:
+            raise SpecError(path, "grid", "empty grid: give at least one axis (or include "
+                                          "points)")
+        stages = [Stage("", grid, zips, exclude, include, {}, ())]
 
     output_dir = raw.get("output_dir")
-    axes = list(grid) + [a for g in zips for a in g] + [a for p in include for a in p]
+    axes = [a for st in stages for a in st.axes]
     if output_dir is not None:
         if not isinstance(output_dir, str) or not output_dir.strip():
             raise SpecError(path, "output_dir", "must be a path pattern such as "
@@ -161,9 +154,100 @@ def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
     if not isinstance(description, str):
         raise SpecError(path, "description", "must be a string")
     resources = parse_resources(raw.get("resources"), path)
-    return Spec(path=path, name=name, grid=grid, zips=zips, exclude=exclude, include=include,
-                base=dict(base), output_dir=output_dir, sweep_dir=sweep_dir,
-                resources=resources, description=description, raw=raw)
+    return Spec(path=path, name=name, stages=stages, base=dict(base), output_dir=output_dir,
+                sweep_dir=sweep_dir, resources=resources, description=description, raw=raw)
+
+
+def _check_arg(path: str, where: str, key: Any) -> None:
+    known = all_keys()
+    if key not in known:
+        raise SpecError(path, where, f"unknown trainer argument {key!r}"
+                                     f"{suggest(key, sorted(known))}")
+
+
+def _parse_points(path: str, raw: dict[str, Any], prefix: str
+                  ) -> tuple[dict[str, list[Any]], list[dict[str, list[Any]]],
+                             list[dict[str, Any]], list[dict[str, Any]]]:
+    """grid, zip, exclude and include of a spec (prefix "") or of one stage."""
+    grid_raw = raw.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise SpecError(path, f"{prefix}grid", "must map axis names to lists of values or "
+                                               "ranges (1..8)")
+    grid = {}
+    for axis, values in grid_raw.items():
+        _check_arg(path, f"{prefix}grid.{axis}", axis)
+        grid[axis] = _axis_values(path, f"{prefix}grid.{axis}", values)
+
+    zip_raw = raw.get("zip") or []
+    if isinstance(zip_raw, dict):
+        zip_raw = [zip_raw]
+    if not isinstance(zip_raw, list):
+        raise SpecError(path, f"{prefix}zip", "must be a list of mappings {axis: [values...]} "
+                                              "whose lists have equal length")
+    zips: list[dict[str, list[Any]]] = []
+    seen = set(grid)
+    for i, group in enumerate(zip_raw):
+        where = f"{prefix}zip[{i}]"
+        if not isinstance(group, dict) or len(group) < 2:
+            raise SpecError(path, where, "must map two or more axes to lists of equal length")
+        parsed = {}
+        for axis, values in group.items():
+            _check_arg(path, f"{where}.{axis}", axis)
+            if axis in seen:
+                raise SpecError(path, f"{where}.{axis}", "axis already appears in grid or zip")
+            seen.add(axis)
+            parsed[axis] = _axis_values(path, f"{where}.{axis}", values)
+        lengths = {k: len(v) for k, v in parsed.items()}
+        if len(set(lengths.values())) != 1:
+            raise SpecError(path, where, "zipped lists differ in length: "
+                            + ", ".join(f"{k}={n}" for k, n in lengths.items()))
+        zips.append(parsed)
+
+    def points(key: str) -> list[dict[str, Any]]:
+        items = raw.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(p, dict) and p for p in items):
+            raise SpecError(path, f"{prefix}{key}", "must be a list of non-empty mappings "
+                                                    "{axis: value}")
+        for i, point in enumerate(items):
+            for axis in point:
+                _check_arg(path, f"{prefix}{key}[{i}].{axis}", axis)
+        return items
+
+    return grid, zips, points("exclude"), points("include")
+
+
+def _parse_stage(path: str, raw: Any, i: int, earlier: list[str]) -> Stage:
+    where = f"stages[{i}]"
+    if not isinstance(raw, dict):
+        raise SpecError(path, where, "a stage is a mapping with keys " + ", ".join(STAGE_KEYS))
+    for key in raw:
+        if key not in STAGE_KEYS:
+            raise SpecError(path, f"{where}.{key}", f"unknown key{suggest(key, STAGE_KEYS)}; "
+                                                    f"allowed: {', '.join(STAGE_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not STAGE_NAME_RE.match(name):
+        raise SpecError(path, f"{where}.name", f"{name!r} must be 1-40 characters of A-Z a-z "
+                                               "0-9 _ - (it names the stage's directory)")
+    if name in earlier:
+        raise SpecError(path, f"{where}.name", f"stage {name!r} appears twice")
+    grid, zips, exclude, include = _parse_points(path, raw, f"{where}.")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise SpecError(path, f"{where}.base", "must map trainer arguments to values")
+    for key in base:
+        _check_arg(path, f"{where}.base.{key}", key)
+    inputs: tuple[str, ...] = ()
+    if i > 0:
+        keys = raw.get("from_previous", ["model_name_or_path"])
+        keys = [keys] if isinstance(keys, str) else keys
+        if not isinstance(keys, list) or not keys or any(k not in INPUT_KEYS for k in keys):
+            raise SpecError(path, f"{where}.from_previous",
+                            f"{keys!r}: name the arguments that receive the previous stage's "
+                            f"saved model, among {', '.join(INPUT_KEYS)}")
+        inputs = tuple(keys)
+    elif "from_previous" in raw:
+        raise SpecError(path, f"{where}.from_previous", "the first stage has no previous stage")
+    return Stage(name, grid, zips, exclude, include, dict(base), inputs)
 
 
 def _axis_values(path: str, where: str, values: Any) -> list[Any]:

@@ -40,14 +40,22 @@ def param(default: Any = None, kind: str = "str", help: str = "", *, choices: tu
 class TrainArgs:
     """Arguments every job takes, whatever its method."""
 
-    task: str = param(None, "str", "GLUE task", choices=tuple(TASKS), required=True)
+    task: str = param(None, "str", "GLUE task or squad", choices=tuple(TASKS), required=True)
     method: str = param(None, "str", "compression method", required=True)
     model_name_or_path: str = param("bert-base-uncased", "str", "hub id or local directory")
     tokenizer_name: str | None = param(None, "optional_str", "defaults to the model's")
-    dataset_name: str = param("nyu-mll/glue", "str", "hub dataset (used when data_dir is unset)")
+    dataset_name: str | None = param(None, "optional_str", "hub dataset (used when data_dir is "
+                                     "unset); default: the task's (nyu-mll/glue, rajpurkar/squad)")
     data_dir: str | None = param(None, "optional_str",
-                                 "local task directory in the download_glue_data.py TSV layout")
-    max_seq_length: int = param(128, "int", "tokens per example", lo=8, hi=4096)
+                                 "local task directory: download_glue_data.py TSV layout, or "
+                                 "SQuAD's train-v1.1.json and dev-v1.1.json")
+    max_seq_length: int | None = param(None, "optional_int", "tokens per example; default: the "
+                                       "task's (GLUE 128, SQuAD 384)", lo=8, hi=4096)
+    doc_stride: int = param(128, "int", "SQuAD: tokens shared by consecutive windows of a long "
+                            "context", lo=0)
+    max_query_length: int = param(64, "int", "SQuAD: question tokens kept", lo=1)
+    n_best_size: int = param(20, "int", "SQuAD: start/end candidates per window", lo=1)
+    max_answer_length: int = param(30, "int", "SQuAD: longest answer in tokens", lo=1)
     batch_size: int = param(32, "int", "training batch size per device", lo=1)
     eval_batch_size: int = param(64, "int", "evaluation batch size per device", lo=1)
     learning_rate: float = param(2e-5, "float", "AdamW peak learning rate", lo=0.0)
@@ -62,8 +70,9 @@ class TrainArgs:
     max_train_samples: int | None = param(None, "optional_int", "truncate the train set", lo=1)
     max_eval_samples: int | None = param(None, "optional_int", "truncate the eval sets", lo=1)
     quantize_modules: tuple[str, ...] = param(
-        ("*encoder.layer.*",), "strs",
-        "fnmatch patterns of module names whose nn.Linear weights are quantized")
+        ("*encoder.layer.*", "*transformer.layer.*"), "strs",
+        "fnmatch patterns of module names whose nn.Linear weights are quantized (or pruned): "
+        "BERT's and DistilBERT's encoder layers")
     save_model: bool = param(False, "bool", "save the final model into the output dir")
     fp16: bool = param(False, "bool", "mixed precision (CUDA)")
     bf16: bool = param(False, "bool", "bfloat16 mixed precision")
@@ -73,6 +82,8 @@ class TrainArgs:
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method's config."""
+
+    tasks = ()  # the tasks the method runs on; () = every task
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,75 @@ class DistillQuantConfig(MethodConfig):
 
 
 @dataclass(frozen=True)
+class SparseConfig(QATConfig):
+    """Pruning, then fine-tuning with the sparsity pattern locked; with `qat`, then QAT (FT
+    quant modes, calibrated after pruning) with the pattern still locked, in the same job."""
+
+    nbits: int = param(8, "int", "bits per tensor in the QAT stage", lo=2, hi=8)
+    sparse_epochs: float = param(1.0, "float", "epochs of fine-tuning with the mask fixed",
+                                 lo=0.0)
+    qat: bool = param(False, "bool", "add a QAT stage (qat_epochs) after the sparse one")
+
+
+@dataclass(frozen=True)
+class Sparse24Config(SparseConfig):
+    """2:4 structured sparsity (NVIDIA ASP m4n2_1d) of the selected Linear weights whose shape
+    fits tensor cores (rows % 8, columns % 16); the others stay dense."""
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(SparseConfig):
+    """Unstructured one-shot magnitude pruning of the selected Linear weights to a target
+    sparsity."""
+
+    target_sparsity: float = param(0.5, "float", "fraction of weights set to zero", lo=0.0,
+                                   hi=0.99)
+    prune_scope: str = param("layer", "str", "smallest |w| per tensor or over all of them",
+                             choices=("layer", "global"))
+
+
+@dataclass(frozen=True)
+class PruneOFAConfig(MethodConfig):
+    """Prune Once For All (Zafrir et al. 2021): fine-tune a pre-sparsified checkpoint with its
+    pattern locked (mask = W != 0 at the start) and distillation from a fine-tuned teacher;
+    stage 2 (`qat: true`, from stage 1's best checkpoint) adds Q8BERT-style QAT."""
+
+    teacher_name_or_path: str = param(None, "str", "fine-tuned teacher checkpoint",
+                                      required=True)
+    epochs: float = param(9.0, "float", "training epochs (the reference: 9, stage 2: 3)",
+                          lo=0.01)
+    ce_weight: float = param(0.0, "float", "w0: weight of CE on the labels", lo=0.0)
+    kd_weight: float = param(1.0, "float", "w1: weight of T^2 * KL(teacher || student)", lo=0.0)
+    kd_temperature: float = param(2.0, "float", "distillation temperature T", lo=0.01)
+    keep_best: bool = param(True, "bool", "evaluate after every epoch and keep the best one")
+    qat: bool = param(False, "bool", "stage 2: quantization-aware training as well")
+    nbits: int = param(8, "int", "QAT: bits per weight and activation", lo=2, hi=8)
+    ema_decay: float = param(0.9999, "float", "QAT: EMA decay of activation thresholds",
+                             lo=0.0, hi=1.0)
+    ste: str = param("plain", "str", "QAT: straight-through gradient", choices=("plain", "clip"))
+    head_start_step: int = param(0, "int", "QAT: step at which the head starts quantizing",
+                                 lo=0)
+    quantize_embeddings: bool = param(True, "bool", "QAT: embeddings too")
+    quantize_head: bool = param(True, "bool", "QAT: pooler and task head too")
+    quantize_outputs: bool = param(False, "bool", "QAT: Linear outputs too")
+    integer_inference: bool = param(False, "bool", "QAT: evaluate through the integer GEMM")
+
+
+@dataclass(frozen=True)
+class DistilSquadConfig(MethodConfig):
+    """DistilBERT distillation on SQuAD (transformers research_projects/distillation):
+    alpha_ce * T^2 * (KL_start + KL_end) / 2 (batchmean) + alpha_squad * the student's QA loss."""
+
+    teacher_name_or_path: str = param(None, "str", "BERT fine-tuned on SQuAD", required=True)
+    distil_epochs: float = param(3.0, "float", "epochs of distillation", lo=0.01)
+    alpha_ce: float = param(0.5, "float", "weight of the distillation term", lo=0.0)
+    alpha_squad: float = param(0.5, "float", "weight of the student's own QA loss", lo=0.0)
+    kd_temperature: float = param(2.0, "float", "distillation temperature T", lo=0.01)
+
+    tasks = ("squad",)
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     name: str
     display: str  # block title in the measurements sheet
@@ -231,6 +311,10 @@ register_method("ptq", "PTQ", PTQConfig)
 register_method("qat", "QAT", QATConfig)
 register_method("qat-kd", "QAT+KD", QATKDConfig)
 register_method("distill-quant", "Distill-Quant", DistillQuantConfig)
+register_method("sparse24", "2:4 sparse", Sparse24Config)
+register_method("magnitude", "Magnitude pruning", MagnitudeConfig)
+register_method("pruneofa", "Prune OFA", PruneOFAConfig)
+register_method("distil-squad", "DistilBERT", DistilSquadConfig)
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -336,6 +420,10 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     task = out["task"]
     if task not in TASKS:  # check_value caught it already; keeps type checkers honest
         raise ConfigError("task", f"unknown task {task!r}")
+    allowed = METHODS[method].config.tasks
+    if allowed and task not in allowed:
+        raise ConfigError("task", f"{task!r}: method {method!r} runs on {', '.join(allowed)} "
+                                  "only")
     return out
 
 

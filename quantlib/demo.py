@@ -13,6 +13,7 @@ Also the tests' source of tiny models and data (`write_model`, `write_glue_tsv`)
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -56,6 +57,52 @@ def write_glue_tsv(task_dir: str | Path, n_train: int = 3000, n_dev: int = 500,
     return task_dir
 
 
+ASPECTS = ["actor", "music", "plot", "pace", "tone", "score", "script", "ending", "cast",
+           "camera", "dialogue", "director"]
+QUESTION_WORDS = ["how", "what", "?"]
+
+
+def write_squad_json(task_dir: str | Path, n_train: int = 2000, n_dev: int = 300,
+                     seed: int = 0, positive_answer: bool = False) -> Path:
+    """A small extractive QA task in SQuAD v1.1 JSON (train-v1.1.json, dev-v1.1.json): a
+    context rates 2-3 aspects of a film ("the music was dull"), among filler; the question asks
+    for one aspect ("how was the music ?"), the answer is its rating word. Dev questions carry
+    two ground truths (the word, and "was <word>"), as SQuAD's do. positive_answer: the asked
+    aspect's rating is positive and the others negative, a cue a 2-layer model picks up within
+    a few epochs (tests); without it the model must match the aspect, which takes longer."""
+    task_dir = Path(task_dir)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for name, n, dev in (("train-v1.1.json", n_train, False), ("dev-v1.1.json", n_dev, True)):
+        paragraphs = []
+        for i in range(n):
+            aspects = rng.sample(ASPECTS, rng.randint(2, 3))
+            asked = rng.choice(aspects)
+            words: list[str] = []
+            spans = {}
+            for aspect in aspects:
+                words += [rng.choice(FILLER) for _ in range(rng.randint(0, 3))]
+                ratings = POSITIVE + NEGATIVE
+                if positive_answer:
+                    ratings = POSITIVE if aspect == asked else NEGATIVE
+                rating = rng.choice(ratings)
+                words += ["the", aspect, "was"]
+                spans[aspect] = (len(" ".join(words)) + (1 if words else 0), rating)
+                words.append(rating)
+            context = " ".join(words)
+            start, rating = spans[asked]
+            assert context[start:start + len(rating)] == rating
+            answers = [{"text": rating, "answer_start": start}]
+            if dev:
+                answers.append({"text": f"was {rating}", "answer_start": start - 4})
+            qa = {"id": f"{name[:3]}{i:06d}", "question": f"how was the {asked} ?",
+                  "answers": answers}
+            paragraphs.append({"context": context, "qas": [qa]})
+        doc = {"version": "1.1", "data": [{"title": "films", "paragraphs": paragraphs}]}
+        (task_dir / name).write_text(json.dumps(doc), encoding="utf-8")
+    return task_dir
+
+
 def write_vocab(path: Path, extra_words: list[str] | None = None) -> Path:
     words = sorted(set(POSITIVE + NEGATIVE + FILLER + (extra_words or [])))
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
@@ -94,6 +141,45 @@ def write_model(model_dir: str | Path, *, hidden: int = 64, layers: int = 2, hea
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir
+
+
+def write_distilbert(model_dir: str | Path, *, dim: int = 64, layers: int = 1, heads: int = 2,
+                     hidden: int = 128, seed: int = 0,
+                     extra_words: list[str] | None = None) -> Path:
+    """A randomly initialised tiny DistilBERT (masked LM) sharing write_model's vocabulary."""
+    import torch
+    from transformers import BertTokenizer, DistilBertConfig, DistilBertForMaskedLM
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_vocab(model_dir / "vocab.txt", extra_words)
+    tokenizer = BertTokenizer.from_pretrained(model_dir, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=dim, n_layers=layers,
+                              n_heads=heads, hidden_dim=hidden, max_position_embeddings=128)
+    DistilBertForMaskedLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def sparsify(model_dir: str | Path, out_dir: str | Path, sparsity: float) -> Path:
+    """A pre-sparsified copy of a saved model (as Intel's Prune OFA checkpoints): every encoder
+    Linear weight magnitude-pruned to `sparsity`; the model keeps its class (and head)."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from quantlib.inq import select_weights
+    from quantlib.sparsity import magnitude_masks
+
+    arch = (AutoConfig.from_pretrained(model_dir).architectures or ["AutoModelForMaskedLM"])[0]
+    model = getattr(transformers, arch).from_pretrained(model_dir)
+    weights = select_weights(model, ("*encoder.layer.*", "*transformer.layer.*"))
+    masks = magnitude_masks(weights, sparsity)
+    for name, w in weights.items():
+        w.data.mul_(masks[name])
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

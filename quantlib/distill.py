@@ -7,18 +7,33 @@ Variants (methods.md, pitfall 7: each is named and recorded with the results):
 - "layers" (distill-quant, INC IntermediateLayers / ZeroQuant): sum over layers of MSE between
   student and teacher layer outputs, plus sum of MSE between attention probabilities, plus the
   logits term (MSE, or KL at T), plus an optional CE term.
+- "t2" (Prune OFA; DistilBERT on SQuAD): w_hard * the student's task loss + w_kd * T^2 *
+  KL(teacher/T || student/T) with batchmean reduction; for SQuAD the mean of the start and the
+  end KL (DistilBERT's loss_ce = (loss_start + loss_end) / 2).
+For SQuAD every KL term is the mean over the start and the end logits.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantlib.configs import DistillQuantConfig, QATKDConfig
+from quantlib.configs import DistillQuantConfig, DistilSquadConfig, PruneOFAConfig, QATKDConfig
+
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def logit_heads(outputs: Any) -> list[torch.Tensor]:
+    """[logits], or [start_logits, end_logits] of a question-answering model."""
+    start = getattr(outputs, "start_logits", None)
+    if start is not None:
+        return [start, outputs.end_logits]
+    return [outputs.logits]
 
 
 def kl_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
@@ -30,13 +45,44 @@ def kl_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     return kl * temperature ** 2 if t_squared else kl
 
 
-def ft_kd_loss(student: torch.Tensor, teacher: torch.Tensor, ce: torch.Tensor,
+def ft_kd_loss(student: torch.Tensor | list[torch.Tensor],
+               teacher: torch.Tensor | list[torch.Tensor], ce: torch.Tensor,
                cfg: QATKDConfig, regression: bool = False) -> tuple[torch.Tensor, dict]:
+    pairs = list(zip(*[x if isinstance(x, list) else [x] for x in (student, teacher)]))
     if regression:
-        kd = F.mse_loss(student, teacher)
+        kd = F.mse_loss(*pairs[0])
     else:
-        kd = kl_term(student, teacher, cfg.kd_temperature, cfg.kd_reduction, cfg.kd_t_squared)
+        kd = sum(kl_term(s, t, cfg.kd_temperature, cfg.kd_reduction, cfg.kd_t_squared)
+                 for s, t in pairs) / len(pairs)
     return ce + cfg.kd_scale * kd, {"ce": ce, "kd": kd}
+
+
+def t2_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hard: torch.Tensor,
+            w_hard: float, w_kd: float, temperature: float,
+            regression: bool = False) -> tuple[torch.Tensor, dict]:
+    """w_hard * hard + w_kd * T^2 * KL_batchmean(teacher/T || student/T), KL averaged over the
+    heads (start/end); MSE for a regression head."""
+    if regression:
+        kd = F.mse_loss(student[0], teacher[0])
+    else:
+        kd = sum(kl_term(s, t, temperature, "batchmean", True)
+                 for s, t in zip(student, teacher)) / len(student)
+    loss = w_kd * kd
+    if w_hard:
+        loss = loss + w_hard * hard
+    return loss, {"hard": hard, "kd": kd}
+
+
+def t2_weights(cfg: PruneOFAConfig | DistilSquadConfig) -> tuple[float, float]:
+    if isinstance(cfg, DistilSquadConfig):
+        return cfg.alpha_squad, cfg.alpha_ce
+    return cfg.ce_weight, cfg.kd_weight
+
+
+def t2_name(cfg: PruneOFAConfig | DistilSquadConfig) -> str:
+    hard, kd = t2_weights(cfg)
+    return (f"{hard:g} * task loss + {kd:g} * T^2 * kl_batchmean(softmax(t/T) || softmax(s/T), "
+            f"T={cfg.kd_temperature:g}) (SQuAD: mean of start and end)")
 
 
 def ft_kd_name(cfg: QATKDConfig) -> str:
@@ -81,26 +127,55 @@ class Distiller:
     """The loss a StagedTrainer uses once `teacher` is set (at the start of the quantized
     stage, so an FP fine-tuning stage before it trains on the plain task loss)."""
 
-    def __init__(self, cfg: QATKDConfig | DistillQuantConfig, regression: bool):
+    def __init__(self, cfg: QATKDConfig | DistillQuantConfig | PruneOFAConfig |
+                 DistilSquadConfig, regression: bool, sep_token_id: int | None = None):
         self.cfg = cfg
         self.regression = regression
         self.teacher: nn.Module | None = None
         self.layers = isinstance(cfg, DistillQuantConfig)
+        self.t2 = isinstance(cfg, (PruneOFAConfig, DistilSquadConfig))
+        self.sep_token_id = sep_token_id  # to give a BERT teacher the segments a student lacks
 
     @property
     def name(self) -> str:
+        if self.t2:
+            return t2_name(self.cfg)
         return layers_kd_name(self.cfg) if self.layers else ft_kd_name(self.cfg)
+
+    def teacher_inputs(self, inputs: dict) -> dict:
+        plain = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
+        assert self.teacher is not None
+        if "token_type_ids" not in plain and self.sep_token_id is not None and (
+                "token_type_ids" in inspect.signature(self.teacher.forward).parameters):
+            plain["token_type_ids"] = segment_ids(plain["input_ids"], self.sep_token_id,
+                                                  plain.get("attention_mask"))
+        return plain
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False):
         assert self.teacher is not None
         extra = {"output_hidden_states": True, "output_attentions": True} if self.layers else {}
         outputs = model(**inputs, **extra)
-        plain = {k: v for k, v in inputs.items() if k != "labels"}
         with torch.no_grad():
-            t = self.teacher(**plain, **extra)
+            t = self.teacher(**self.teacher_inputs(inputs), **extra)
         if self.layers:
             loss, _ = layers_kd_loss(outputs, t, self.cfg, self.regression)
+        elif self.t2:
+            hard, kd = t2_weights(self.cfg)
+            loss, _ = t2_loss(logit_heads(outputs), logit_heads(t), outputs.loss, hard, kd,
+                              self.cfg.kd_temperature, self.regression)
         else:
-            loss, _ = ft_kd_loss(outputs.logits, t.logits, outputs.loss, self.cfg,
+            loss, _ = ft_kd_loss(logit_heads(outputs), logit_heads(t), outputs.loss, self.cfg,
                                  self.regression)
         return (loss, outputs) if return_outputs else loss
+
+
+def segment_ids(input_ids: torch.Tensor, sep_token_id: int,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BERT's token_type_ids of "[CLS] a [SEP] b [SEP]": 0 up to the first [SEP], 1 after it
+    (0 on padding)."""
+    is_sep = (input_ids == sep_token_id).long()
+    after_first = (torch.cumsum(is_sep, dim=-1) - is_sep) >= 1
+    tt = after_first.long()
+    if attention_mask is not None:
+        tt = tt * attention_mask.long()
+    return tt

@@ -31,6 +31,7 @@ OLD_NAMES = {
     "matthews_correlation": "mcc",
     "pearson": "pearson",
     "spearmanr": "spearmanr",
+    "exact_match": "exact_match",  # SQuAD, 0-100 as evaluate-v1.1.py
 }
 
 

@@ -26,7 +26,9 @@ tensor, channel or group of rows) and inputs (EMA per tensor, or dynamic per tok
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -214,7 +216,8 @@ def calibrate(model: nn.Module, batches: Iterable[dict]) -> int:
     seen = 0
     try:
         for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            model(**{k: v.to(device) for k, v in batch.items()
+                     if k not in ("labels", "start_positions", "end_positions")})
             seen += 1
     finally:
         for q in qs:
@@ -233,3 +236,48 @@ def summary(model: nn.Module) -> dict[str, float]:
     qs = quantizers(model)
     on = [q for q in qs.values() if q.enabled]
     return {"quantizers": float(len(qs)), "quantizers_enabled": float(len(on))}
+
+
+# -- calibrated checkpoints ----------------------------------------------------------------
+CALIBRATION_FILE = "calibration.json"
+# what must agree for a checkpoint's amax to serve another job's quantizers
+PLAN_KEYS = ("nbits", "quant_mode", "calibrator", "percentile", "num_calib_batch",
+             "weight_granularity", "narrow_range")
+
+
+def save_calibration(model_dir: str | Path, cfg: PTQConfig) -> None:
+    """Beside a saved PTQ/QAT model (its amax are buffers in the weights file): the plan that
+    produced them, so that a later stage can start from the calibration instead of redoing it."""
+    from jobs.atomic import write_json
+
+    write_json(Path(model_dir) / CALIBRATION_FILE,
+               {k: getattr(cfg, k) for k in PLAN_KEYS})
+
+
+def load_calibration(model: nn.Module, model_dir: str, cfg: PTQConfig) -> str:
+    """Give the installed quantizers the amax of a calibrated checkpoint made with the same
+    plan; returns what happened ("loaded ...", or why not)."""
+    root = Path(model_dir)
+    record_path = root / CALIBRATION_FILE
+    if not record_path.is_file():
+        return "calibrated here (the checkpoint carries no calibration)"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    differ = [k for k in PLAN_KEYS if record.get(k) != getattr(cfg, k)]
+    if differ:
+        return f"calibrated here (the checkpoint's calibration differs in {', '.join(differ)})"
+    from safetensors.torch import load_file
+
+    saved: dict[str, torch.Tensor] = {}
+    for f in sorted(root.glob("*.safetensors")):
+        saved.update({k: v for k, v in load_file(str(f)).items() if k.endswith(".amax")})
+    qs = quantizers(model)
+    names = {f"{n}.amax" for n in qs}
+    missing = sorted(names - set(saved))
+    if missing:
+        raise RuntimeError(f"{model_dir}: calibrated checkpoint lacks {len(missing)} amax "
+                           f"(e.g. {missing[0]}) for quant_mode {cfg.quant_mode}")
+    with torch.no_grad():
+        for n, q in qs.items():
+            q.amax.copy_(saved[f"{n}.amax"].reshape(q.amax.shape))
+            q.calibrator = None
+    return f"loaded from {model_dir} ({len(qs)} quantizers)"

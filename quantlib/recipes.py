@@ -11,20 +11,34 @@ from collections.abc import Callable
 import torch
 
 from quantlib import qplans
+from quantlib.best_epoch import BestEpoch
 from quantlib.configs import (
     DistillQuantConfig,
+    DistilSquadConfig,
     FP32Config,
     INQConfig,
     MethodConfig,
+    PruneOFAConfig,
     PTQConfig,
     Q8BertConfig,
     QATConfig,
     QATKDConfig,
+    Sparse24Config,
+    SparseConfig,
 )
 from quantlib.distill import Distiller, frozen_copy
 from quantlib.inq import INQController, Stage, select_weights
 from quantlib.qat import QuantStart, calibration_batches
-from quantlib.trainer import JobContext, StagedTrainer, load_teacher, train_stages
+from quantlib.sparsity import (
+    PatternLock,
+    can_24,
+    is_24,
+    magnitude_masks,
+    mask_24,
+    nonzero_masks,
+    sparsity_of,
+)
+from quantlib.trainer import JobContext, StagedTrainer, evaluate, load_teacher, train_stages
 
 Recipe = Callable[[JobContext, MethodConfig], StagedTrainer]
 RECIPES: dict[type[MethodConfig], Recipe] = {}
@@ -119,9 +133,13 @@ def ptq(ctx: JobContext, cfg: PTQConfig) -> StagedTrainer:
 
 @register(QATConfig)
 def qat(ctx: JobContext, cfg: QATConfig) -> StagedTrainer:
-    """QAT from the calibrated model (qat-kd: with the FP model as teacher)."""
+    """QAT from the calibrated model (qat-kd: with the FP model as teacher). A checkpoint saved
+    by a PTQ job with the same plan (a previous stage) gives its calibration instead."""
     qplans.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
     qs = list(qplans.quantizers(ctx.model).values())
+    calibration = qplans.load_calibration(ctx.model, ctx.args.model_name_or_path, cfg)
+    ctx.info["calibration"] = calibration
+    calibrate = None if calibration.startswith("loaded") else _calibrator(ctx, cfg)
     epochs = _qat_stages(ctx, cfg.qat_epochs)
     distiller = factory = None
     if isinstance(cfg, QATKDConfig):
@@ -129,7 +147,7 @@ def qat(ctx: JobContext, cfg: QATConfig) -> StagedTrainer:
         if cfg.teacher_name_or_path:
             factory = lambda: frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))  # noqa: E731
         ctx.info["kd_loss"] = distiller.name
-    switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs, calibrate=_calibrator(ctx, cfg),
+    switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs, calibrate=calibrate,
                         distiller=distiller, teacher_factory=factory)
     trainer = train_stages(ctx, epochs, [switch], distiller)
     _ft_info(ctx, cfg)
@@ -147,3 +165,104 @@ def distill_quant(ctx: JobContext, cfg: DistillQuantConfig) -> StagedTrainer:
     trainer = train_stages(ctx, epochs, [switch], distiller)
     ctx.info.update(qplans.summary(ctx.model), kd_loss=distiller.name)
     return trainer
+
+
+# -- pruning ---------------------------------------------------------------------------------
+def _prunable(ctx: JobContext) -> dict:
+    weights = select_weights(ctx.model, ctx.args.quantize_modules)
+    if not weights:
+        raise ValueError(f"quantize_modules {list(ctx.args.quantize_modules)} selects no "
+                         "nn.Linear of the model: nothing to prune")
+    return weights
+
+
+@register(SparseConfig)
+def sparse(ctx: JobContext, cfg: SparseConfig) -> StagedTrainer:
+    """Prune (2:4 or magnitude) at the start of the sparse stage, fine-tune with the pattern
+    locked; with `qat`, a QAT stage after it, pattern still locked."""
+    weights = _prunable(ctx)
+    if isinstance(cfg, Sparse24Config):
+        locked = {n: w for n, w in weights.items() if can_24(w)}
+        if not locked:
+            raise ValueError("no selected weight fits 2:4 (rows % 8 == 0, columns % 16 == 0)")
+        ctx.info.update(sparsity_pattern="2:4", dense_weights_kept=len(weights) - len(locked))
+
+        def make() -> dict:
+            return {n: mask_24(w) for n, w in locked.items()}
+    else:
+        locked = weights
+        ctx.info.update(sparsity_pattern=f"unstructured ({cfg.prune_scope})",
+                        target_sparsity=cfg.target_sparsity)
+
+        def make() -> dict:
+            return magnitude_masks(locked, cfg.target_sparsity, cfg.prune_scope)
+    ft = [s.epochs for s in finetune_stage(ctx)]
+    epochs = ft + [cfg.sparse_epochs] + ([cfg.qat_epochs] if cfg.qat else [])
+    lock = PatternLock(locked, make, epochs, len(ft))
+    callbacks: list = [lock]
+    if cfg.qat:
+        qplans.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
+        qs = list(qplans.quantizers(ctx.model).values())
+        switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs,
+                            calibrate=_calibrator(ctx, cfg))
+        callbacks.append(switch)
+    trainer = train_stages(ctx, epochs, callbacks)
+    if not lock.active:  # no training at all: prune once
+        lock.lock()
+    lock.remove_hooks()
+    if isinstance(cfg, Sparse24Config) and not all(is_24(w) for w in locked.values()):
+        raise RuntimeError("a 2:4 weight lost its pattern during training")
+    ctx.info["pruned_sparsity"] = sparsity_of(locked)
+    if cfg.qat:
+        _ft_info(ctx, cfg)
+        ctx.info.update(switch.record, ste=cfg.ste)
+    return trainer
+
+
+@register(PruneOFAConfig)
+def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
+    """Pattern lock (the checkpoint's zeros stay zero) + distillation; stage 2 adds QAT. The
+    best epoch's weights are kept."""
+    weights = _prunable(ctx)
+    ctx.info["finetune_ran"] = False  # distillation is the fine-tuning
+    lock = PatternLock(weights, lambda: nonzero_masks(weights), [cfg.epochs], 0)
+    distiller = Distiller(cfg, ctx.task.is_regression, ctx.tokenizer.sep_token_id)
+    teacher = frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))
+    distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
+    callbacks: list = [lock]
+    if cfg.qat:
+        now, head = qplans.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
+        callbacks.append(QuantStart(ctx.model, [cfg.epochs], 0, now,
+                                    delayed=(cfg.head_start_step, head), observe_delayed=True))
+    best = BestEpoch(ctx, evaluate) if cfg.keep_best else None
+    if best is not None:
+        callbacks.append(best)
+    ctx.info["checkpoint_sparsity"] = sparsity_of(weights)
+    trainer = train_stages(ctx, [cfg.epochs], callbacks, distiller)
+    if best is not None:
+        ctx.info.update(best.restore())
+    lock.remove_hooks()
+    if any(not bool((w[~lock.masks[n]] == 0).all()) for n, w in weights.items()):
+        raise RuntimeError("a pruned weight became non-zero: the pattern lock failed")
+    ctx.info.update(kd_loss=distiller.name, pruned_sparsity=sparsity_of(weights),
+                    sparsity_pattern="locked (checkpoint)")
+    if cfg.qat:
+        ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste)
+    return trainer
+
+
+# -- distillation into a smaller model -------------------------------------------------------
+@register(DistilSquadConfig)
+def distil_squad(ctx: JobContext, cfg: DistilSquadConfig) -> StagedTrainer:
+    """DistilBERT (the job's model) learns SQuAD from a fine-tuned BERT teacher."""
+    teacher = frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))
+    if teacher.config.vocab_size != ctx.model.config.vocab_size:
+        raise ValueError(f"teacher {cfg.teacher_name_or_path} has a vocabulary of "
+                         f"{teacher.config.vocab_size}, the student "
+                         f"{ctx.model.config.vocab_size}: they must share the tokenizer")
+    distiller = Distiller(cfg, False, ctx.tokenizer.sep_token_id)
+    distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
+    ctx.info.update(kd_loss=distiller.name, finetune_ran=False,
+                    student_parameters=sum(p.numel() for p in ctx.model.parameters()),
+                    teacher_parameters=sum(p.numel() for p in teacher.parameters()))
+    return train_stages(ctx, [cfg.distil_epochs], [], distiller)

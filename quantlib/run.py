@@ -32,17 +32,25 @@ def _on_term(signum, frame):  # noqa: ARG001
 
 
 def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
-    from quantlib.configs import build
+    from quantlib import qplans
+    from quantlib.configs import PTQConfig, build
+    from quantlib.inq import select_weights
     from quantlib.recipes import recipe_for
+    from quantlib.sparsity import sparsity_of
     from quantlib.trainer import evaluate, prepare
 
     args, method = build(config)
     ctx = prepare(args, method, out_dir)
     trainer = recipe_for(method)(ctx, method)
     results = evaluate(trainer, ctx)
+    weights = select_weights(ctx.model, args.quantize_modules)
+    if weights:  # zeros among the selected weights, whatever the method
+        ctx.info["sparsity"] = sparsity_of(weights)
     if args.save_model:
         trainer.save_model(str(out_dir / "model"))
         ctx.tokenizer.save_pretrained(str(out_dir / "model"))
+        if isinstance(method, PTQConfig) and qplans.quantizers(ctx.model):
+            qplans.save_calibration(out_dir / "model", method)
     return results, ctx.info
 
 

@@ -1,4 +1,4 @@
-"""GLUE task table: names, metrics, hub columns and download_glue_data.py TSV layouts.
+"""Task table: GLUE (names, metrics, hub columns, download_glue_data.py TSV layouts) and SQuAD.
 
 Torch-free: the spec validator and `collect` read it without importing the trainer.
 """
@@ -27,13 +27,21 @@ class Task:
     hub_columns: tuple[str, ...]  # text columns of the hub dataset
     num_labels: int  # 1 = regression
     metrics: tuple[str, ...]  # HF Trainer names without the eval_ prefix
-    tsv: TsvLayout
+    tsv: TsvLayout | None
     label_names: tuple[str, ...] = ()  # string labels of the TSV files, in hub id order
     hub_eval_splits: dict[str, str] = field(default_factory=lambda: {"validation": "validation"})
+    kind: str = "classification"  # or "qa": extractive question answering (SQuAD)
+    hub_dataset: str = "nyu-mll/glue"
+    hub_config: str | None = ""  # "": the task's name (GLUE configs); None: no config
+    max_seq_length: int = 128  # default tokens per example (SQuAD: 384)
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def is_qa(self) -> bool:
+        return self.kind == "qa"
 
 
 _NLI = ("entailment", "not_entailment")
@@ -68,5 +76,12 @@ TASKS: dict[str, Task] = {
              TsvLayout(("sentence1", "sentence2"), "label"), label_names=_NLI),
         Task("wnli", "WNLI", "WNLI", ("sentence1", "sentence2"), 2, ("accuracy",),
              TsvLayout(("sentence1", "sentence2"), "label")),
+        # SQuAD v1.1: the scale of the official evaluate-v1.1.py (0-100)
+        Task("squad", "SQuAD", "SQuAD", ("question", "context"), 0, ("exact_match", "f1"),
+             None, kind="qa", hub_dataset="rajpurkar/squad", hub_config=None,
+             max_seq_length=384),
     )
 }
+
+# SQuAD files a data_dir may hold (train, dev): the official names first
+SQUAD_FILES = (("train-v1.1.json", "dev-v1.1.json"), ("train.json", "dev.json"))

@@ -1,4 +1,4 @@
-"""The GLUE trainer: model and data loading, a staged HF Trainer, evaluation."""
+"""The trainer: model and data loading (GLUE, SQuAD), a staged HF Trainer, evaluation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -25,7 +26,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from quantlib import metrics, preemption
+from quantlib import metrics, preemption, squad, squad_metrics
 from quantlib.configs import MethodConfig, TrainArgs
 from quantlib.data import load_glue
 from quantlib.inq import stage_starts, staged_lr_lambda
@@ -46,21 +47,31 @@ class JobContext:
     evals: dict[str, Any]  # split -> tokenized Dataset
     needs_finetune: bool
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the results
+    eval_examples: dict[str, Any] = field(default_factory=dict)  # SQuAD: split -> questions
 
 
 def is_finetuned(config: Any, task: Task) -> bool:
     """Does this checkpoint already carry a head trained for the task?"""
     archs = getattr(config, "architectures", None) or []
-    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     finetuning_task = (getattr(config, "finetuning_task", None) or "").lower().replace("-", "")
-    if finetuning_task and finetuning_task != task.name:
+    if finetuning_task and finetuning_task.removesuffix("v1") != task.name:
         return False
+    if task.is_qa:
+        return any(a.endswith("ForQuestionAnswering") for a in archs)
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     return has_head and config.num_labels == task.num_labels
+
+
+def load_model(path: str, task: Task, config: Any = None, **kw: Any) -> PreTrainedModel:
+    auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+    return auto.from_pretrained(path, config=config, **kw)
 
 
 def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
     set_seed(args.seed)
     task = TASKS[args.task]
+    if task.is_qa:
+        return _prepare_qa(args, method, out_dir, task)
     config = AutoConfig.from_pretrained(args.model_name_or_path)
     finetuned = is_finetuned(config, task)
     needs_finetune = {"auto": not finetuned, "always": True, "never": False}[args.finetune]
@@ -73,11 +84,12 @@ def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_name_or_path, config=config, ignore_mismatched_sizes=not finetuned)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
-    data = load_glue(task, args.dataset_name, args.data_dir)
+    data = load_glue(task, args.dataset_name or task.hub_dataset, args.data_dir)
+    max_len = args.max_seq_length or task.max_seq_length
 
     def tokenize(batch):
         texts = [batch["text_a"]] + ([batch["text_b"]] if "text_b" in batch else [])
-        return tokenizer(*texts, truncation=True, max_length=args.max_seq_length)
+        return tokenizer(*texts, truncation=True, max_length=max_len)
 
     def prep(ds, limit):
         if limit is not None and len(ds) > limit:
@@ -94,13 +106,44 @@ def prepare(args: TrainArgs, method: MethodConfig, out_dir: Path) -> JobContext:
                       needs_finetune, info)
 
 
+def _prepare_qa(args: TrainArgs, method: MethodConfig, out_dir: Path, task: Task) -> JobContext:
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    finetuned = is_finetuned(config, task)
+    needs_finetune = {"auto": not finetuned, "always": True, "never": False}[args.finetune]
+    config.finetuning_task = task.name
+    model = load_model(args.model_name_or_path, task, config)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{args.tokenizer_name or args.model_name_or_path}: SQuAD needs a fast "
+                         "tokenizer (offsets of tokens in the context)")
+    data = squad.load_squad(args.dataset_name or task.hub_dataset, args.data_dir)
+    sizes = (args.max_seq_length or task.max_seq_length, args.doc_stride, args.max_query_length)
+
+    def limit(ds, n):
+        return ds.select(range(n)) if n is not None and len(ds) > n else ds
+
+    train_ex = limit(data["train"], args.max_train_samples)
+    dev_ex = limit(data["validation"], args.max_eval_samples)
+    train = train_ex.map(squad.train_features, batched=True, fn_kwargs={
+        "tokenizer": tokenizer, "max_seq_length": sizes[0], "doc_stride": sizes[1],
+        "max_query_length": sizes[2]}, remove_columns=train_ex.column_names)
+    dev = dev_ex.map(squad.eval_features, batched=True, fn_kwargs={
+        "tokenizer": tokenizer, "max_seq_length": sizes[0], "doc_stride": sizes[1],
+        "max_query_length": sizes[2]}, remove_columns=dev_ex.column_names)
+    info = {"finetuned_checkpoint": finetuned, "finetune_ran": needs_finetune,
+            "train_examples": len(train_ex), "train_features": len(train),
+            "eval_features": len(dev)}
+    return JobContext(args, method, task, out_dir, model, tokenizer, train,
+                      {"validation": dev}, needs_finetune, info, {"validation": dev_ex})
+
+
 def load_teacher(path: str, ctx: JobContext) -> PreTrainedModel:
     """A teacher checkpoint for the job's task (it must carry a head for the task)."""
     config = AutoConfig.from_pretrained(path)
     if not is_finetuned(config, ctx.task):
-        raise ValueError(f"teacher {path} is not fine-tuned for {ctx.task.name} "
-                         f"({ctx.task.num_labels} labels)")
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        what = "SQuAD" if ctx.task.is_qa else f"{ctx.task.name} ({ctx.task.num_labels} labels)"
+        raise ValueError(f"teacher {path} is not fine-tuned for {what}")
+    return load_model(path, ctx.task, config)
 
 
 class StagedTrainer(Trainer):
@@ -173,6 +216,9 @@ def train_stages(ctx: JobContext, stage_epochs: list[float],
     """Train through the stages (skipped when they add up to no epochs), resuming from the
     job's last checkpoint if a previous run of it was preempted."""
     trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()], distiller)
+    for cb in callbacks:  # callbacks that evaluate need the trainer
+        if hasattr(cb, "bind"):
+            cb.bind(trainer)
     if sum(stage_epochs) <= 0:
         return trainer
     ckpt_dir = ctx.out_dir / "checkpoints"
@@ -192,8 +238,28 @@ def train_stages(ctx: JobContext, stage_epochs: list[float],
     return trainer
 
 
+def evaluate_qa(trainer: Trainer, ctx: JobContext) -> dict[str, float]:
+    """EM and F1 as evaluate-v1.1.py (0-100); the answers go to predictions.json."""
+    from jobs.atomic import write_json
+
+    features = ctx.evals["validation"]
+    examples = ctx.eval_examples["validation"]
+    inputs = features.remove_columns(["example_id", "offset_mapping"])
+    pred = trainer.predict(inputs, metric_key_prefix="eval")
+    start, end = pred.predictions[:2]
+    a = ctx.args
+    answers = squad.decode(examples, features, start, end, a.n_best_size, a.max_answer_length)
+    write_json(ctx.out_dir / "predictions.json", answers)
+    out = squad_metrics.evaluate(squad.references(examples), answers)
+    out["empty_answers"] = float(sum(1 for v in answers.values() if not v.strip()))
+    out["distinct_answers"] = float(len(set(answers.values())))
+    return out
+
+
 def evaluate(trainer: Trainer, ctx: JobContext) -> dict[str, float]:
     """Every eval split's metrics; the second MNLI set gets the _mm suffix."""
+    if ctx.task.is_qa:
+        return evaluate_qa(trainer, ctx)
     out: dict[str, float] = {}
     for split, ds in ctx.evals.items():
         pred = trainer.predict(ds, metric_key_prefix="eval")

@@ -80,3 +80,42 @@ def test_layer_distillation_sums_every_layer_and_attention_map():
     kl = kl_by_hand(1.0) / 2  # batchmean over 2 rows, T^2 = 1
     assert float(loss) == pytest.approx(2 * layers + kl + 3 * 0.25, rel=1e-5)
     assert layers_kd_name(cfg).endswith("+ 3 * ce")
+
+
+def test_t2_loss_by_hand_and_squad_heads():
+    import math
+
+    from quantlib.distill import t2_loss
+
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    T = 2.0
+
+    def kl_batchmean(a, b):  # KL(softmax(b/T) || softmax(a/T)), summed, / batch
+        total = 0.0
+        for row_s, row_t in zip(a.tolist(), b.tolist()):
+            ps = [math.exp(x / T) for x in row_s]
+            pt = [math.exp(x / T) for x in row_t]
+            ps = [x / sum(ps) for x in ps]
+            pt = [x / sum(pt) for x in pt]
+            total += sum(q * math.log(q / p) for p, q in zip(ps, pt))
+        return total / len(a)
+
+    hard = torch.tensor(0.7)
+    loss, parts = t2_loss([s], [t], hard, 0.0, 1.0, T)  # Prune OFA's weights [0, 1]
+    assert float(loss) == pytest.approx(T * T * kl_batchmean(s, t), rel=1e-5)
+    loss, _ = t2_loss([s], [t], hard, 0.5, 0.5, T)  # DistilBERT's alphas
+    assert float(loss) == pytest.approx(0.5 * 0.7 + 0.5 * T * T * kl_batchmean(s, t), rel=1e-5)
+    # SQuAD: the mean of the start and the end terms
+    loss, _ = t2_loss([s, t], [t, s], hard, 0.0, 1.0, T)
+    expected = T * T * (kl_batchmean(s, t) + kl_batchmean(t, s)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_segment_ids_for_a_bert_teacher_of_a_distilbert_student():
+    from quantlib.distill import segment_ids
+
+    sep = 3
+    ids = torch.tensor([[2, 7, 7, 3, 8, 8, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    assert segment_ids(ids, sep, mask).tolist() == [[0, 0, 0, 0, 1, 1, 1, 0, 0]]

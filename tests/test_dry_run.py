@@ -142,7 +142,8 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
 
 
 SEED_STUDIES = {"inq_mrpc": 24, "demo": 18, "q8bert_glue": 9, "distill_quant_glue": 8,
-                "ptq_qat_glue": 96}
+                "ptq_qat_glue": 96, "ptq_squad_modes": 7, "pruneofa_glue": 16,
+                "distilbert_squad": 2, "sparse_glue": 24}
 
 
 @pytest.mark.parametrize("name", sorted(SEED_STUDIES))
@@ -160,3 +161,66 @@ def test_every_shipped_sweep_dry_runs(tmp_path, name, backend):
     if name == "ptq_qat_glue":
         kinds = {(c["method"], c["calibrator"]) for c in configs}
         assert ("qat-kd", "entropy") not in kinds and ("ptq", "entropy") in kinds
+
+
+def test_every_shipped_sweep_is_listed():
+    assert sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")) == sorted(SEED_STUDIES)
+
+
+@pytest.mark.parametrize("backend", ["slurm", "lsf"])
+def test_dry_run_shows_stage_dependencies(tmp_path, backend):
+    spec = REPO / "sweeps" / "ptq_squad_modes.yaml"
+    proc = sweep_cli("launch", str(spec), "--backend", backend, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("\n\n")[0].splitlines()
+    assert table[1].split()[:2] == ["stage", "job"] and "after" in table[1]
+    rows = {r.split()[1]: r.split() for r in table[2:]}  # id -> (stage, id, ..., after, dir)
+    stages = {jid: r[0] for jid, r in rows.items()}
+    after = {jid: r[-2] for jid, r in rows.items()}
+    assert sorted(stages.values()) == ["finetune"] + ["ptq"] * 2 + ["qat"] * 4
+    for jid, parent in after.items():
+        expected = {"finetune": "-", "ptq": "finetune", "qat": "ptq"}[stages[jid]]
+        assert (parent if parent == "-" else stages[parent]) == expected
+    driver = tmp_path / "runs" / "ptq_squad_modes" / "scripts" / f"submit_{backend}.sh"
+    lines = [x for x in driver.read_text().splitlines() if x.startswith(("A1=", "J_"))]
+    assert len(lines) == 7 and lines[0].startswith("A1=")
+    by_job = {x.split("=", 1)[0][2:]: x for x in lines[1:]}
+    for jid, line in by_job.items():
+        parent = after[jid]
+        ref = "${A1}" + ("[1]" if backend == "lsf" else "_0") if stages[parent] == "finetune" \
+            else "${J_" + parent + "}"
+        if backend == "slurm":
+            assert f"--dependency=afterok:{ref} --kill-on-invalid-dep=yes" in line, line
+        else:
+            assert f'bsub -w "done({ref})" <' in line and line.endswith(f"after {parent}"), line
+        assert line.split("# ")[-1].endswith(f"after {parent}")
+        script = tmp_path / "runs" / "ptq_squad_modes" / "scripts" / f"{backend}_{jid}.sh"
+        text = script.read_text()
+        assert "--array" not in text and "#BSUB -J \"ptq_squad_modes." in text or \
+            "#SBATCH --job-name=ptq_squad_modes." in text
+        assert f"CONFIG={tmp_path}/runs/ptq_squad_modes/configs/{jid}.json" in text
+    for line in proc.stdout.splitlines():  # the listing shows the same commands
+        if line.strip().startswith("J_"):
+            assert line.strip() in lines
+    # each later-stage job starts from its parent's saved model; parents save theirs
+    configs = {p.stem: json.loads(p.read_text())
+               for p in (tmp_path / "runs" / "ptq_squad_modes" / "configs").glob("*.json")}
+    for jid, config in configs.items():
+        if config["after"]:
+            parent = configs[config["after"]]
+            assert config["model_name_or_path"] == parent["output_dir"] + "/model"
+        assert config["save_model"] == (stages[jid] != "qat")
+
+
+def test_local_dry_run_lists_jobs_in_stage_order(tmp_path):
+    spec = REPO / "sweeps" / "distilbert_squad.yaml"
+    proc = sweep_cli("launch", str(spec), "--backend", "local", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = [x for x in proc.stdout.splitlines() if x.strip().startswith("bash ")]
+    assert len(runs) == 2 and "after" not in runs[0] and "# after " in runs[1]
+    configs = [json.loads(p.read_text())
+               for p in (tmp_path / "runs" / "distilbert_squad" / "configs").glob("*.json")]
+    student = next(c for c in configs if c["method"] == "distil-squad")
+    teacher = next(c for c in configs if c["method"] == "fp32")
+    assert student["teacher_name_or_path"] == teacher["output_dir"] + "/model"
+    assert student["model_name_or_path"] == "distilbert-base-uncased"

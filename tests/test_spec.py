@@ -101,3 +101,61 @@ def test_resources_units(tmp_path):
     assert spec.resources.time_minutes == 26 * 60 + 30
     assert spec.resources.time_slurm == "1-02:30:00"
     assert spec.resources.time_hhmm == "26:30"
+
+
+STAGED = """
+name: staged
+base: {task: sst2}
+stages:
+  - name: ft
+    grid: {seed: [1, 2]}
+    base: {method: fp32}
+  - name: q
+    grid: {quant_mode: [ft1, ft2]}
+    base: {method: ptq}
+"""
+
+
+def test_stages_expand_per_parent_and_inherit(tmp_path):
+    import yaml
+
+    from jobs.grid import MARKER, expand
+    from jobs.spec import parse_spec
+
+    spec = parse_spec(yaml.safe_load(STAGED), "s.yaml")
+    jobs = expand(spec)
+    assert [j.stage for j in jobs] == ["ft", "ft", "q", "q", "q", "q"]
+    parents = {j.id: j for j in jobs[:2]}
+    for j in jobs[2:]:
+        parent = parents[j.after]
+        assert j.config["seed"] == parent.config["seed"]  # inherited
+        assert j.config["model_name_or_path"] == MARKER + parent.id
+        assert j.upstream_dir == parent.output_dir and "save_model" not in j.config
+    assert all(j.config["save_model"] for j in jobs[:2])
+    assert len({j.id for j in jobs}) == 6
+
+
+@pytest.mark.parametrize("edit, where, message", [
+    ("grid: {seed: [1]}\n", "grid", "gives its grid in each stage"),
+    ("stages: []\n", "stages", "must be a list of stages"),
+    ("stages: [{name: a, grid: {sede: [1]}}]\n", "stages[0].grid.sede", "did you mean 'seed'"),
+    ("stages: [{name: a}, {name: a}]\n", "stages[1].name", "appears twice"),
+    ("stages: [{name: 'a b'}]\n", "stages[0].name", "must be 1-40 characters"),
+    ("stages: [{name: a, from_previous: model_name_or_path}]\n", "stages[0].from_previous",
+     "the first stage has no previous stage"),
+    ("stages: [{name: a}, {name: b, from_previous: [data_dir]}]\n", "stages[1].from_previous",
+     "among model_name_or_path, teacher_name_or_path"),
+    ("stages: [{name: a, colour: 1}]\n", "stages[0].colour", "unknown key"),
+])
+def test_stage_errors_name_file_and_key(tmp_path, edit, where, message):
+    from conftest import sweep_cli, write_spec
+
+    text = "name: s\nbase: {task: sst2, method: fp32}\n" + edit
+    if not edit.startswith("stages"):
+        text += "stages: [{name: a}]\n"
+    spec = write_spec(tmp_path, text)
+    proc = sweep_cli("launch", str(spec), "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"sweep: error: {spec}: {where}: ") and message in proc.stderr, \
+        proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -166,7 +166,8 @@ class LsfExecutor(core.PicklingExecutor):
     """Submits to LSF with bsub. Parameters (update_parameters, or lsf_<name> through
     AutoExecutor): job_name, time (minutes), cpus, mem_mb, gpus, queue, project,
     array_parallelism, gpu_syntax ("gpu" | "rusage"), gpu_resource, mem_per ("host" | "core"),
-    warn_minutes (-wa USR2 -wt N), extra (raw #BSUB option lines), setup (shell lines)."""
+    warn_minutes (-wa USR2 -wt N), extra (raw #BSUB option lines), setup (shell lines),
+    dependency (a job id, "123_4" for an array element: -w "done(123[4])")."""
 
     job_class = LsfJob
 
@@ -260,7 +261,7 @@ _DEFAULTS: dict[str, tp.Any] = {
     "job_name": "submitit", "time": 60, "cpus": 1, "mem_mb": 4096, "gpus": 0, "queue": None,
     "project": None, "array_parallelism": None, "gpu_syntax": "gpu",
     "gpu_resource": "ngpus_excl_p", "mem_per": "host", "warn_minutes": 0, "extra": [],
-    "setup": [], "map_count": None,
+    "setup": [], "map_count": None, "dependency": None,
 }
 
 
@@ -295,6 +296,8 @@ def make_bsub_script(command: str, folder: str | Path, params: dict[str, tp.Any]
     options = render_lsf_options(_resources(params), name, count,
                                  str(folder / f"{stem}_0_log.out"),
                                  str(folder / f"{stem}_0_log.err"), params["array_parallelism"])
+    if params.get("dependency"):
+        options = options.rstrip("\n") + f'\n#BSUB -w "done({lsf_target(params["dependency"])})"\n'
     job_ref = '${LSB_JOBID}' + ('_${LSB_JOBINDEX}' if count else "")
     exit_file = f'{shlex.quote(str(folder))}/"{EXIT_CODE_FILE.replace("%j", job_ref)}"'
     lines = ["#!/bin/bash", "", "# Parameters", options.rstrip("\n"), "",
