@@ -293,3 +293,112 @@ def test_a_refused_submission_is_a_one_line_error(lsf_env, tmp_path, tiny_model,
     assert "Illegal option" in last and "Traceback" not in proc.stderr
     ledger = json.loads((tmp_path / "runs/refused/ledger.json").read_text())["jobs"]
     assert all(e["state"] == "missing" for e in ledger.values())  # nothing recorded as queued
+
+
+STAGED = """
+name: {name}
+base:
+  task: sst2
+  model_name_or_path: {model}
+  max_train_samples: 64
+  max_eval_samples: 32
+stages:
+  - name: first
+    zip:
+      - seed: [1, 2]
+        data_dir: [{data}, {missing}]
+    base: {{method: fp32, finetune_epochs: 0.25}}
+  - name: second
+    base: {{method: ptq, quant_mode: ft1, calibrator: max, num_calib_batch: 1}}
+resources: {{cpus: 1, mem: 1000, time: 20}}
+"""
+
+
+def staged_rows(env, cwd, sweep) -> dict[tuple[str, int], list[str]]:
+    """(stage, seed) -> row of `sweep status`."""
+    proc = cli(env, cwd, "status", sweep)
+    assert proc.returncode == 0, proc.stderr
+    ledger = json.loads((cwd / "runs" / sweep / "ledger.json").read_text())["jobs"]
+    keys = {jid: ("first" if e["config"]["method"] == "fp32" else "second",
+                  e["config"]["seed"]) for jid, e in ledger.items()}
+    return {keys[cols[0]]: cols for cols in (re.split(r"\s{2,}", line.strip())
+                                             for line in proc.stdout.splitlines()[2:-1])}
+
+
+def staged_scenario(env, tmp_path, tiny_model, demo_task, backend, never: str):
+    """A two-stage sweep on a cluster: the second stage waits for the first through the
+    scheduler (afterok / done()); the child of a failed first-stage job never runs (`never`:
+    the state the scheduler leaves it in); a relaunch resubmits the failed job and its child,
+    the child waiting for the new id."""
+    name = f"staged{backend}"
+    spec = write_spec(tmp_path, STAGED.format(name=name, model=tiny_model, data=demo_task,
+                                              missing=tmp_path / "missing"))
+    start = time.monotonic()
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    assert launched.returncode == 0, launched.stderr
+    assert time.monotonic() - start < 30  # submitted, not run
+    assert "submitted 4 jobs" in launched.stdout
+    assert "2 wait for their previous-stage job" in launched.stdout
+    ledger_path = tmp_path / "runs" / name / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())["jobs"]
+    for entry in ledger.values():
+        parent = ledger.get(entry.get("after") or "")
+        assert entry.get("waits_for") == (parent["scheduler_id"] if parent else None)
+    deadline = time.monotonic() + 240
+    want = {("first", 1): "completed", ("second", 1): "completed", ("first", 2): "failed",
+            ("second", 2): never}
+    while True:
+        rows = staged_rows(env, tmp_path, name)
+        got = {k: row[5] for k, row in rows.items()}
+        if got == want:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"{got}\n{cli(env, tmp_path, 'status', name).stdout}")
+        time.sleep(1.0)
+    ledger = json.loads(ledger_path.read_text())["jobs"]
+    child = next(e for e in ledger.values() if e["config"]["method"] == "ptq"
+                 and e["config"]["seed"] == 1)
+    parent = ledger[child["after"]]
+    child_status = json.loads((Path(child["output_dir"]) / "status.json").read_text())
+    parent_status = json.loads((Path(parent["output_dir"]) / "status.json").read_text())
+    assert child_status["started"] >= parent_status["ended"]
+    child_config = json.loads((Path(child["output_dir"]) / "config.json").read_text())
+    assert child_config["model_name_or_path"] == parent["output_dir"] + "/model"
+    orphan = next(e for e in ledger.values() if e["config"]["method"] == "ptq"
+                  and e["config"]["seed"] == 2)
+    assert not (Path(orphan["output_dir"]) / "status.json").exists()  # it never started
+    again = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    assert again.returncode == 0, again.stderr
+    assert "submitted 2 jobs" in again.stdout and "2 already completed" in again.stdout
+    assert "1 wait for their previous-stage job" in again.stdout
+    ledger = json.loads(ledger_path.read_text())["jobs"]
+    orphan = next(e for e in ledger.values() if e["config"]["method"] == "ptq"
+                  and e["config"]["seed"] == 2)
+    assert orphan["waits_for"] == ledger[orphan["after"]]["scheduler_id"]
+    assert orphan["attempts"] == 2
+    cli(env, tmp_path, "cancel", name)
+    return ledger
+
+
+def test_lsf_staged_sweep_waits_with_done(lsf_env, tmp_path, tiny_model, demo_task):
+    ledger = staged_scenario(lsf_env, tmp_path, tiny_model, demo_task, "lsf", never="pending")
+    scripts = (tmp_path / "runs" / "stagedlsf" / "submitit").glob("*.sh")
+    conditions = {m for p in scripts for m in re.findall(r'#BSUB -w "(.*)"', p.read_text())}
+    first = {e["scheduler_id"] for e in ledger.values() if e["config"]["method"] == "fp32"}
+    array = sorted(first)[0].split("_")[0]
+    # the children of the first launch waited for array elements, the resubmitted one for
+    # the resubmitted (single) job
+    assert conditions == {f"done({array}[1])", f"done({array}[2])",
+                          f"done({(first - {array + '_1'}).pop()})"}, conditions
+
+
+def test_slurm_staged_sweep_waits_with_afterok(slurm, tmp_path, tiny_model, demo_task):
+    ledger = staged_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm", never="cancelled")
+    scripts = list((tmp_path / "runs" / "stagedslurm" / "submitit").glob("*.sh"))
+    deps = {m for p in scripts for m in re.findall(r"#SBATCH --dependency=(\S+)", p.read_text())}
+    first = {e["scheduler_id"] for e in ledger.values() if e["config"]["method"] == "fp32"}
+    array = sorted(first)[0].split("_")[0]
+    assert deps == {f"afterok:{array}_0", f"afterok:{array}_1",
+                    f"afterok:{(first - {array + '_0'}).pop()}"}, deps
+    assert all("#SBATCH --kill-on-invalid-dep=yes" in p.read_text() for p in scripts
+               if "--dependency" in p.read_text())

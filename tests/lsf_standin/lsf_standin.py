@@ -18,6 +18,9 @@ Behaves as LSF documents where the backend depends on it:
   starts again.
 - Run limit (-W): the warning signal (-wa) -wt minutes before it, USR2 at the limit, SIGKILL
   after the kill delay.
+- Dependencies (-w "done(ID)" or "done(ID[i])", several joined by &&): the job stays pending
+  until each named job or element is DONE; one that ended EXIT (or is unknown) can never be
+  satisfied, and the job stays pending, as LSF leaves it, until bkill.
 
 State lives under $LSF_STANDIN_DIR. Time scale and periods come from the environment:
 LSF_STANDIN_MINUTE (seconds per minute, default 60), LSF_STANDIN_CLEAN_PERIOD (seconds,
@@ -215,6 +218,36 @@ def _run_limit_seconds(job: dict) -> float | None:
     return total * _float_env("LSF_STANDIN_MINUTE", 60)
 
 
+DEPENDENCY = re.compile(r"done\(\s*(\d+)(?:\[(\d+)\])?\s*\)")
+
+
+def dependency(job: dict) -> str:
+    """'ok' when every done() condition of -w holds, 'wait' while one may still hold,
+    'never' when one cannot (its job ended EXIT or is unknown)."""
+    cond = job["opts"].get("-w")
+    if not cond:
+        return "ok"
+    parts = [p.strip() for p in cond.split("&&")]
+    verdict = "ok"
+    for part in parts:
+        m = DEPENDENCY.fullmatch(part)
+        if not m:
+            return "never"
+        other = load(m.group(1))
+        if other is None:
+            return "never"
+        elements = ([other["elements"].get(m.group(2))] if m.group(2)
+                    else list(other["elements"].values()))
+        if not elements or elements[0] is None:
+            return "never"
+        stats = {e["stat"] for e in elements}
+        if "EXIT" in stats:
+            return "never"
+        if stats != {"DONE"}:
+            verdict = "wait"
+    return verdict
+
+
 def dispatch(jobid: str) -> None:
     procs: dict[str, subprocess.Popen] = {}
     minute = _float_env("LSF_STANDIN_MINUTE", 60)
@@ -224,9 +257,15 @@ def dispatch(jobid: str) -> None:
             job = load(jobid)
             elements = job["elements"]
             running = [i for i, e in elements.items() if e["stat"] in RUNNING]
+            dep = dependency(job) if any(e["stat"] in PENDING for e in elements.values()) \
+                else "ok"
+            if dep == "never" and not procs:  # pending for good: LSF leaves it so
+                job["dispatcher"] = None
+                save(job)
+                return
             # start pending elements, in order, up to the array's limit
             for i, e in elements.items():
-                if e["stat"] not in PENDING:
+                if e["stat"] not in PENDING or dep != "ok":
                     continue
                 if job["limit"] and len(running) >= job["limit"]:
                     break
