@@ -191,3 +191,48 @@ def test_settings_that_change_only_with_the_task_do_not_split_blocks(tmp_path):
         i = blocks[title]
         assert rows[i + 1][:2] == ["RTE(acc)", pytest.approx(0.66 + delta)]
         assert rows[i + 2][:2] == ["SST-2(acc)", pytest.approx(0.91 + delta)]
+
+
+def test_staged_runs_get_blocks_by_stage_and_by_their_first_stage_ancestor(tmp_path):
+    """Prune OFA from two pre-sparsified checkpoints, then QAT from each: four blocks; the QAT
+    runs are told apart by the checkpoint their parent started from, not by the parent's
+    path; SQuAD rows carry EM and F1."""
+    root = tmp_path / "ofa"
+    parents = {}
+    for i, (start, task, em, f1) in enumerate([("Intel/s90", "squad", 70.0, 80.0),
+                                               ("Intel/s85", "squad", 72.0, 82.0)]):
+        out = write_job(root, f"distill{i}", {
+            "task": task, "method": "pruneofa", "model_name_or_path": start, "stage": "distill",
+            "epochs": 9.0, "qat": False, "after": None},
+            {"eval_exact_match": em, "eval_f1": f1, "sparsity": 0.9})
+        parents[start] = out
+    for i, (start, em) in enumerate([("Intel/s90", 60.0), ("Intel/s85", 65.0)]):
+        write_job(root, f"qat{i}", {
+            "task": "squad", "method": "pruneofa", "model_name_or_path":
+            str(parents[start] / "model"), "stage": "qat", "epochs": 3.0, "qat": True,
+            "nbits": 8, "after": f"id{i}"}, {"eval_exact_match": em, "eval_f1": em + 10})
+    out = tmp_path / "r.xlsx"
+    proc = sweep_cli("collect", str(root), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [list(r) for r in openpyxl.load_workbook(out).worksheets[0].iter_rows(
+        values_only=True)]
+    blocks = {}
+    title = None
+    for r in rows:
+        if r and r[0] and "Bits" in r:
+            title = r[0]
+        elif r and r[0] in ("SQuAD(EM)", "SQuAD(F1)"):
+            blocks.setdefault(title, {})[r[0]] = [v for v in r[1:] if v is not None]
+    assert blocks == {
+        "Prune OFA (stage=distill, model_name_or_path=Intel/s85)":
+            {"SQuAD(EM)": [72.0], "SQuAD(F1)": [82.0]},
+        "Prune OFA (stage=distill, model_name_or_path=Intel/s90)":
+            {"SQuAD(EM)": [70.0], "SQuAD(F1)": [80.0]},
+        "Prune OFA (stage=qat, model_name_or_path=Intel/s85)":
+            {"SQuAD(EM)": [65.0], "SQuAD(F1)": [75.0]},
+        "Prune OFA (stage=qat, model_name_or_path=Intel/s90)":
+            {"SQuAD(EM)": [60.0], "SQuAD(F1)": [70.0]},
+    }, blocks
+    runs = openpyxl.load_workbook(out)["runs"]
+    header = [c.value for c in runs[1]]
+    assert "sparsity" in header and "eval_exact_match" in header

@@ -21,15 +21,33 @@ METHODS = {
     "qat-kd": {"method": "qat-kd", "qat_epochs": 4, "kd_scale": 10.0, "num_calib_batch": 2},
     # EMA thresholds, their step counts and the delayed head must come back
     "q8bert": {"method": "q8bert", "nbits": 4, "qat_epochs": 4, "head_start_step": 10},
+    # the 2:4 masks (made at the sparse stage's start) come back; the QAT stage follows
+    "sparse24": {"method": "sparse24", "sparse_epochs": 2, "qat": True, "qat_epochs": 2,
+                 "num_calib_batch": 2},
+    # no fine-tuning stage: 100 steps of pattern lock + distillation + QAT; the masks and the
+    # best epoch so far come back
+    "pruneofa": {"method": "pruneofa", "epochs": 10, "qat": True, "ce_weight": 0.5},
 }
 # what must be equal between the interrupted and the uninterrupted run, besides the metrics
 EXTRA_KEYS = {"lin": ["max_distinct_values"], "qat-kd": ["kd_loss", "calib_batches"],
-              "q8bert": ["quantizers_enabled"]}
-STATE_FILE = {"lin": "inq_state.pt", "qat-kd": "teacher.pt", "q8bert": None}
+              "q8bert": ["quantizers_enabled"], "sparse24": ["pruned_sparsity", "calib_batches"],
+              "pruneofa": ["pruned_sparsity", "best_epoch", "epoch_history"]}
+STATE_FILE = {"lin": "inq_state.pt", "qat-kd": "teacher.pt", "q8bert": None,
+              "sparse24": "masks.pt", "pruneofa": "best.pt"}
 
 
-def config(tmp_path: Path, name: str, model: Path, data: Path, method: str = "lin") -> Path:
-    cfg = {"task": "sst2", "model_name_or_path": str(model),
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A (random) BERT with an SST-2 head: a teacher checkpoint for pruneofa."""
+    from quantlib.demo import write_model
+
+    return write_model(tmp_path_factory.mktemp("teacher"), num_labels=2, seed=3)
+
+
+def config(tmp_path: Path, name: str, model: Path, data: Path, method: str = "lin",
+           teacher: Path | None = None) -> Path:
+    extra = {"teacher_name_or_path": str(teacher)} if method == "pruneofa" else {}
+    cfg = {**extra, "task": "sst2", "model_name_or_path": str(model),
            "data_dir": str(data), "max_seq_length": 24, "batch_size": 16,
            "learning_rate": 5e-4, "finetune_epochs": 6,
            "max_train_samples": 160, "max_eval_samples": 64, "logging_steps": 2,
@@ -59,11 +77,12 @@ def results(tmp_path: Path, name: str) -> dict:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_task, method):
-    plain = run(config(tmp_path, "plain", tiny_model, demo_task, method))
+def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_task, method,
+                                                   teacher):
+    plain = run(config(tmp_path, "plain", tiny_model, demo_task, method, teacher))
     assert plain.returncode == 0, plain.stdout[-2000:]
 
-    path = config(tmp_path, "cut", tiny_model, demo_task, method)
+    path = config(tmp_path, "cut", tiny_model, demo_task, method, teacher)
     first = run(path, signal_after_step=66)  # inside the compression stage (60 FP32 steps)
     assert first.returncode == REQUEUE, first.stdout[-2000:]
     status = json.loads((tmp_path / "cut" / "status.json").read_text())
@@ -72,6 +91,8 @@ def test_preempted_job_resumes_to_the_same_results(tmp_path, tiny_model, demo_ta
     assert len(checkpoints) == 1
     if STATE_FILE[method]:
         assert (checkpoints[0] / STATE_FILE[method]).is_file()
+    if method in ("sparse24", "pruneofa"):
+        assert (checkpoints[0] / "masks.pt").is_file()
     step = int(checkpoints[0].name.split("-")[1])
     assert 60 < step < 100
 
