@@ -1,10 +1,11 @@
 """Sparsity: masks (unstructured magnitude, 2:4 as NVIDIA ASP's m4n2_1d, the pattern of a
 pre-sparsified checkpoint) and PatternLock, the TrainerCallback that keeps them through training.
 
-PatternLock masks every locked weight's gradient as it is computed (a tensor hook, so gradient
-clipping already sees the masked gradient) and the weight itself after every optimizer step
-(AdamW's decoupled weight decay and momentum would otherwise move pruned weights off zero). The
-masks travel in checkpoints (masks.pt), so a resumed job keeps exactly its pattern.
+PatternLock, as ASP does it, masks every locked weight's gradient just before each optimizer
+step and the weight itself just after it (AdamW's decoupled weight decay and momentum would
+otherwise move pruned weights off zero), in place (masked_fill_ with the stored complement of the
+mask: no temporary the size of the weights). The masks travel in checkpoints (masks.pt), so a
+resumed job keeps exactly its pattern.
 """
 
 from __future__ import annotations
@@ -64,11 +65,16 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float,
 
 
 def _smallest_out(values: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """keep-mask without the k = round(sparsity * n) smallest values; among values equal to
+    the k-th smallest, the first in memory order go (what a stable sort would remove)."""
     k = round(sparsity * values.numel())
-    keep = torch.ones_like(values, dtype=torch.bool)
-    if k:
-        order = torch.sort(values, stable=True).indices
-        keep[order[:k]] = False
+    if k == 0:
+        return torch.ones_like(values, dtype=torch.bool)
+    threshold = torch.kthvalue(values.float().cpu(), k).values.to(values.device)
+    keep = values > threshold
+    ties = torch.nonzero(values == threshold).flatten()
+    below = int((values < threshold).sum())
+    keep[ties[k - below:]] = True  # ties beyond the k-th stay
     return keep
 
 
@@ -102,9 +108,9 @@ class PatternLock(TrainerCallback):
         self.stage_epochs = stage_epochs or [1.0]
         self.stage_index = stage_index
         self.masks: dict[str, torch.Tensor] = {}
+        self._pruned: dict[str, torch.Tensor] = {}  # ~mask, for in-place masked_fill_
         self.start = 0
         self.resume_dir: str | None = None
-        self._hooks: list = []
 
     @property
     def active(self) -> bool:
@@ -117,20 +123,22 @@ class PatternLock(TrainerCallback):
             raise ValueError(f"no mask for {sorted(missing)[:3]}")
         self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool)
                       for n in self.params}
-        for name, p in self.params.items():
-            mask = self.masks[name]
-            self._hooks.append(p.register_hook(lambda g, m=mask: g * m))
+        self._pruned = {n: ~m for n, m in self.masks.items()}
         self.apply()
 
     @torch.no_grad()
     def apply(self) -> None:
         for name, p in self.params.items():
-            p.mul_(self.masks[name])
+            p.masked_fill_(self._pruned[name], 0)
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        for name, p in self.params.items():
+            if p.grad is not None:
+                p.grad.masked_fill_(self._pruned[name], 0)
 
     def remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        """Nothing stays attached to the model (kept for callers that release the lock)."""
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.resume_dir = checkpoint_dir
@@ -147,6 +155,10 @@ class PatternLock(TrainerCallback):
     def _due(self, step: int) -> None:
         if not self.active and step >= self.start:
             self.lock()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.active:
+            self.mask_grads()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.active:

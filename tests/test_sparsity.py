@@ -74,6 +74,10 @@ def test_magnitude_masks_layer_and_global():
     m = magnitude_masks({"w": w}, 0.9)["w"]
     assert int((~m).sum()) == 1800  # exactly round(0.9 * 2000)
     assert w[m].abs().min() >= w[~m].abs().max()
+    # ties at the threshold: the first in memory order go, the count stays exact
+    tied = torch.tensor([0.5, 0.1, 0.5, 0.5, 0.9, 0.5])
+    assert magnitude_masks({"t": tied}, 0.5)["t"].tolist() == [
+        False, False, False, True, True, True]
 
 
 def test_pattern_lock_keeps_zeros_through_adamw_with_weight_decay():
@@ -89,7 +93,9 @@ def test_pattern_lock_keeps_zeros_through_adamw_with_weight_decay():
         loss = lin(torch.randn(4, 16)).pow(2).sum()
         opt.zero_grad()
         loss.backward()
-        assert (lin.weight.grad[~before] == 0).all()  # masked as it is computed
+        lock.on_pre_optimizer_step(None, None, None)
+        assert (lin.weight.grad[~before] == 0).all()  # masked before the step
+        assert (lin.weight.grad[before] != 0).all()
         opt.step()
         lock.on_optimizer_step(None, None, None)
     assert torch.equal(lin.weight.detach() != 0, before)
