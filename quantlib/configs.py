@@ -215,6 +215,8 @@ class DistillQuantConfig(MethodConfig):
     kd_temperature: float = param(1.0, "float", "temperature of the kl logits term", lo=0.01)
     ce_weight: float = param(0.0, "float", "weight of the task loss on the labels", lo=0.0)
 
+    tasks = tuple(t for t in TASKS if not TASKS[t].is_qa)  # its logits term: classification
+
 
 @dataclass(frozen=True)
 class SparseConfig(QATConfig):

@@ -159,3 +159,15 @@ def test_stage_errors_name_file_and_key(tmp_path, edit, where, message):
     assert proc.stderr.startswith(f"sweep: error: {spec}: {where}: ") and message in proc.stderr, \
         proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method, task, allowed", [
+    ("distil-squad", "sst2", "runs on squad only"),
+    ("distill-quant", "squad", "runs on cola, sst2"),
+])
+def test_a_method_on_a_task_it_cannot_run_is_a_launch_error(tmp_path, method, task, allowed):
+    spec = write_spec(tmp_path, f"name: s\ngrid: {{task: [{task}], method: [{method}]}}\n"
+                                "base: {teacher_name_or_path: t}\n")
+    proc = sweep_cli("launch", str(spec), "--dry-run")
+    assert proc.returncode == 2 and f"grid.task: '{task}': method '{method}'" in proc.stderr
+    assert allowed in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
