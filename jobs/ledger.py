@@ -83,6 +83,8 @@ class Ledger:
         for job in jobs:
             entry = self.jobs.setdefault(job.id, {"state": "missing", "attempts": 0})
             entry.update(index=job.index, config=job.config, output_dir=str(job.output_dir))
+            if job.stage:
+                entry.update(stage=job.stage, after=job.after)
         self.save()
 
     def update(self, job_id: str, **fields: Any) -> None:

@@ -80,15 +80,17 @@ def status(targets: list[str], out: IO[str] = sys.stdout) -> int:
     for sweep_dir in sweep_dirs(targets):
         ledger = Ledger(sweep_dir)
         resolved = states(ledger)
+        staged = any(e.get("stage") for e in ledger.jobs.values())
         head = ["job id", "task", "method", "nbits", "scheduler id", "state", "elapsed",
-                "reason", "log"]
+                "reason", "log"] + (["stage", "after"] if staged else [])
         rows = []
         for jid, e in sorted(ledger.jobs.items(), key=lambda kv: kv[1].get("index", 0)):
             state, reason = resolved[jid]
             c = e.get("config", {})
             rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
                          str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
-                         elapsed(e), (reason or "-")[:60], rel_path(log_path(ledger, e))])
+                         elapsed(e), (reason or "-")[:60], rel_path(log_path(ledger, e))]
+                        + ([e.get("stage") or "-", e.get("after") or "-"] if staged else []))
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({rel_path(str(sweep_dir))})",
               file=out)

@@ -7,6 +7,7 @@ first-stage job never starts its second stage."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import openpyxl
@@ -211,7 +212,9 @@ def test_a_failed_first_stage_never_starts_its_second(tmp_path, assets):
     assert "previous-stage job" in skipped["reason"] and "failed" in skipped["reason"]
     assert not (Path(skipped["output_dir"]) / "status.json").exists()  # never started
     status = sweep_cli("status", str(tmp_path / "fails"))
-    assert "skipped" in status.stdout
+    rows = {r.split()[0]: re.split(r"\s{2,}", r.strip()) for r in status.stdout.splitlines()[2:-1]}
+    row = rows[by_state["skipped"][0]]
+    assert row[5] == "skipped" and row[-2:] == ["ptq", skipped["after"]], row
     # relaunch: the failed job runs again (and fails), the completed branch is not rerun
     proc = launch(tmp_path, raw)
     assert "2 already completed" in proc.stdout and proc.returncode == 1
