@@ -124,7 +124,7 @@ def expand(spec: Spec) -> list[Job]:
                     raise SpecError(spec.path, _key_source(spec, stage, prefix, exc.key, source,
                                                            point), exc.message) from None
                 jid = job_id(config)
-                label = _describe(spec, config)
+                label = describe(spec, config)
                 if jid in seen:
                     ignored = ignored_keys(values)
                     hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give "
@@ -167,7 +167,8 @@ def _candidates(spec: Spec, stage: Stage, prefix: str, inherited: dict[str, Any]
     return out
 
 
-def _describe(spec: Spec, config: dict[str, Any]) -> str:
+def describe(spec: Spec, config: dict[str, Any]) -> str:
+    """A job's label: its axis values (not the markers of a previous stage's model)."""
     return ",".join(f"{a}={config[a]}" for a in spec.axes
                     if a in config and not str(config[a]).startswith(MARKER)) or "(base)"
 

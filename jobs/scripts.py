@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 
 from jobs.atomic import write_json, write_text
-from jobs.grid import MARKER, Job, _describe
+from jobs.grid import MARKER, Job, describe
 from jobs.resources import Resources
 from jobs.snapshot import snapshot
 from jobs.spec import Spec
@@ -69,7 +69,7 @@ def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, Pat
 
 
 def label(spec: Spec, job: Job) -> str:
-    text = _describe(spec, job.config)
+    text = describe(spec, job.config)
     return f"{job.stage}: {text}" if job.stage else text
 
 
