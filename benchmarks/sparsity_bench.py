@@ -17,20 +17,10 @@ import statistics
 import time
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from qat_step_bench import ENCODER, build  # the same BERT-base-shaped model
 
 from quantlib.inq import select_weights
 from quantlib.sparsity import PatternLock, magnitude_masks, mask_24
-
-ENCODER = ("*encoder.layer.*",)
-
-
-def build(args) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=args.hidden, num_hidden_layers=args.layers,
-                     num_attention_heads=max(1, args.hidden // 64),
-                     intermediate_size=4 * args.hidden, num_labels=2)
-    return BertForSequenceClassification(cfg).to(args.device)
 
 
 def sync(device: str) -> None:
