@@ -209,7 +209,6 @@ def sparse(ctx: JobContext, cfg: SparseConfig) -> StagedTrainer:
     trainer = train_stages(ctx, epochs, callbacks)
     if not lock.active:  # no training at all: prune once
         lock.lock()
-    lock.remove_hooks()
     if isinstance(cfg, Sparse24Config) and not all(is_24(w) for w in locked.values()):
         raise RuntimeError("a 2:4 weight lost its pattern during training")
     ctx.info["pruned_sparsity"] = sparsity_of(locked)
@@ -241,7 +240,6 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
     trainer = train_stages(ctx, [cfg.epochs], callbacks, distiller)
     if best is not None:
         ctx.info.update(best.restore())
-    lock.remove_hooks()
     if any(not bool((w[~lock.masks[n]] == 0).all()) for n, w in weights.items()):
         raise RuntimeError("a pruned weight became non-zero: the pattern lock failed")
     ctx.info.update(kd_loss=distiller.name, pruned_sparsity=sparsity_of(weights),

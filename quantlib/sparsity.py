@@ -137,9 +137,6 @@ class PatternLock(TrainerCallback):
             if p.grad is not None:
                 p.grad.masked_fill_(self._pruned[name], 0)
 
-    def remove_hooks(self) -> None:
-        """Nothing stays attached to the model (kept for callers that release the lock)."""
-
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.resume_dir = checkpoint_dir
 

@@ -100,4 +100,3 @@ def test_pattern_lock_keeps_zeros_through_adamw_with_weight_decay():
         lock.on_optimizer_step(None, None, None)
     assert torch.equal(lin.weight.detach() != 0, before)
     assert sparsity_of({"w": lin.weight}) == pytest.approx(0.6, abs=1 / 128)
-    lock.remove_hooks()
