@@ -385,7 +385,8 @@ def test_lsf_staged_sweep_waits_with_done(lsf_env, tmp_path, tiny_model, demo_ta
     scripts = (tmp_path / "runs" / "stagedlsf" / "submitit").glob("*.sh")
     conditions = {m for p in scripts for m in re.findall(r'#BSUB -w "(.*)"', p.read_text())}
     first = {e["scheduler_id"] for e in ledger.values() if e["config"]["method"] == "fp32"}
-    array = sorted(first)[0].split("_")[0]
+    # one first-stage job still holds its array element id, the other was resubmitted alone
+    array = next(i for i in first if "_" in i).split("_")[0]
     # the children of the first launch waited for array elements, the resubmitted one for
     # the resubmitted (single) job
     assert conditions == {f"done({array}[1])", f"done({array}[2])",
@@ -397,7 +398,8 @@ def test_slurm_staged_sweep_waits_with_afterok(slurm, tmp_path, tiny_model, demo
     scripts = list((tmp_path / "runs" / "stagedslurm" / "submitit").glob("*.sh"))
     deps = {m for p in scripts for m in re.findall(r"#SBATCH --dependency=(\S+)", p.read_text())}
     first = {e["scheduler_id"] for e in ledger.values() if e["config"]["method"] == "fp32"}
-    array = sorted(first)[0].split("_")[0]
+    # one first-stage job still holds its array element id, the other was resubmitted alone
+    array = next(i for i in first if "_" in i).split("_")[0]
     assert deps == {f"afterok:{array}_0", f"afterok:{array}_1",
                     f"afterok:{(first - {array + '_0'}).pop()}"}, deps
     assert all("#SBATCH --kill-on-invalid-dep=yes" in p.read_text() for p in scripts
