@@ -53,8 +53,24 @@ class Cell:
     collapsed: list[str] = field(default_factory=list)
 
     @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over the runs (seeds); None for a single run."""
+        if len(self.values) < 2:
+            return None
+        mean = self.mean
+        return math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
+
+    @property
     def value(self) -> float | str:
-        mean = sum(self.values) / len(self.values)
+        mean = self.mean
         return "nan" if math.isnan(mean) else mean
 
 
@@ -62,6 +78,7 @@ class Cell:
 class Block:
     title: str
     bits: list[int]
+    method: str = ""
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
 
 
@@ -121,7 +138,8 @@ def build_blocks(runs: list[Run]) -> list[Block]:
             title = entry.display if entry else run.method
             if extra:
                 title += " (" + ", ".join(f"{k}={v}" for k, v in extra) + ")"
-            blocks[key] = Block(title, BITS if run.nbits is not None else FP_BITS)
+            blocks[key] = Block(title, BITS if run.nbits is not None else FP_BITS,
+                                run.method)
         block = blocks[key]
         bits = run.nbits if run.nbits is not None else 32
         reason = collapse_reason(run.task, run.metrics)

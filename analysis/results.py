@@ -1,4 +1,10 @@
-"""Find every job of the given sweeps and read what it left: config, state, metrics."""
+"""Find every job under the given directories and read what it left: config, state, metrics.
+
+Our own jobs leave config.json, status.json and eval_results.json (and sit in a sweep's
+ledger); directories other tools wrote are read through analysis.formats, their task / method /
+nbits taken from the directory name (analysis.naming). Unreadable or partial files are reported
+(file and reason) and skipped; nothing stops the collection.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.formats import MM_SUFFIX, BadFile, number, read_foreign, result_files
+from analysis.naming import SEED_PATTERN, Pattern, compile_pattern, task_name
 from jobs.errors import UserError
 from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
 
 LEDGER = "ledger.json"
-SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "__pycache__"}
+SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "snapshots", "submitit",
+             "__pycache__"}
 RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node")  # bookkeeping, not config
+OURS = "quantsweep"
 
 
 @dataclass
 class Run:
     output_dir: Path
     config: dict[str, Any]
-    state: str  # completed / failed / interrupted / running / pending / missing
+    state: str  # completed / failed / interrupted / running / pending / skipped / missing
     metrics: dict[str, float] = field(default_factory=dict)  # HF names, no eval_ prefix
     info: dict[str, Any] = field(default_factory=dict)  # train_loss, quantized_fraction, ...
     reason: str | None = None
     sweep: str = ""
     job_id: str = ""
+    source: str = OURS  # the formats its results were read from
 
     @property
     def task(self) -> str:
@@ -39,95 +50,202 @@ class Run:
     @property
     def nbits(self) -> int | None:
         value = self.config.get("nbits")
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _warn(path: Path, reason: str) -> None:
-    print(f"sweep collect: skipped {path}: {reason}", file=sys.stderr)
+@dataclass
+class Sweep:
+    name: str
+    spec_path: str
+    spec_text: str | None
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """A JSON object, or None if absent; unreadable files are reported and skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        _warn(path, exc.strerror or str(exc))
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        _warn(path, f"not valid JSON ({exc})")
-        return None
-    if not isinstance(data, dict):
-        _warn(path, "not a JSON object")
-        return None
-    return data
+@dataclass
+class Collection:
+    runs: list[Run]
+    sweeps: list[Sweep]
+    problems: list[tuple[str, str]]  # (file, why it was skipped)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value.lower() == "nan":
-        return float("nan")
-    return None
+class _Reader:
+    def __init__(self, patterns: list[Pattern]) -> None:
+        self.patterns = patterns
+        self.problems: list[tuple[str, str]] = []
 
+    def warn(self, path: Path, reason: str) -> None:
+        self.problems.append((str(path), reason))
+        print(f"sweep collect: skipped {path}: {reason}", file=sys.stderr)
 
-def read_job_dir(out_dir: Path, ledger_entry: dict[str, Any] | None = None) -> Run:
-    ledger_entry = ledger_entry or {}
-    config = _read(out_dir / CONFIG) or dict(ledger_entry.get("config") or {})
-    status = _read(out_dir / STATUS) or {}
-    results = _read(out_dir / EVAL_JSON)
-    state = status.get("state") or ledger_entry.get("state") or "missing"
-    if state == "completed" and results is None:
-        state, reason = "failed", f"{EVAL_JSON} is missing"
-    else:
-        reason = status.get("reason") or ledger_entry.get("reason")
-    metrics, info = {}, {}
-    for key, value in (results or {}).items():
-        if key.startswith("eval_"):
-            number = _number(value)
-            if number is not None:
-                metrics[key[len("eval_"):]] = number
+    def read(self, path: Path) -> dict[str, Any] | None:
+        """A JSON object, or None if absent; unreadable files are reported and skipped."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.warn(path, getattr(exc, "strerror", None) or str(exc))
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            self.warn(path, f"not valid JSON ({exc})")
+            return None
+        if not isinstance(data, dict):
+            self.warn(path, "not a JSON object")
+            return None
+        return data
+
+    def ours(self, out_dir: Path, ledger_entry: dict[str, Any] | None = None) -> Run:
+        ledger_entry = ledger_entry or {}
+        config = self.read(out_dir / CONFIG) or dict(ledger_entry.get("config") or {})
+        status = self.read(out_dir / STATUS) or {}
+        results = self.read(out_dir / EVAL_JSON)
+        state = status.get("state") or ledger_entry.get("state") or "missing"
+        if state == "completed" and results is None:
+            state, reason = "failed", f"{EVAL_JSON} is missing or unreadable"
         else:
-            info[key] = value
-    return Run(out_dir, {k: v for k, v in config.items() if k not in RUN_KEYS}, state,
-               metrics, info, reason, sweep=str(config.get("sweep", "")),
-               job_id=str(config.get("job_id") or ""))
+            reason = status.get("reason") or ledger_entry.get("reason")
+        metrics, info = {}, {}
+        for key, value in (results or {}).items():
+            if key.startswith("eval_"):
+                num = number(value)
+                if num is not None:
+                    metrics[key[len("eval_"):]] = num
+            else:
+                info[key] = value
+        return Run(out_dir, {k: v for k, v in config.items() if k not in RUN_KEYS}, state,
+                   metrics, info, reason, sweep=str(config.get("sweep", "")),
+                   job_id=str(config.get("job_id") or ""))
+
+    def foreign(self, here: Path, names: list[str]) -> Run | None:
+        """A directory another tool wrote results into, or None when it holds none."""
+        files = result_files(here, names)
+        if not files:
+            return None
+        metrics: dict[str, float] = {}
+        info: dict[str, Any] = {}
+        sources: list[str] = []
+        bad: list[str] = []
+        for fmt, path in files:
+            try:
+                found, extra = read_foreign(fmt, path)
+            except BadFile as exc:
+                self.warn(path, str(exc))
+                bad.append(f"{path.name}: {exc}")
+                continue
+            metrics.update(found)
+            info.update(extra)
+            sources.append(fmt)
+        config = self._config_from_name(here, info, metrics, names)
+        state, reason = ("completed", None) if metrics else (
+            "failed", "; ".join(bad) or "no readable results")
+        return Run(here, config, state, metrics, info, reason, source=", ".join(sources)
+                   or "unreadable")
+
+    def _config_from_name(self, here: Path, info: dict[str, Any], metrics: dict[str, float],
+                          names: list[str]) -> dict[str, Any]:
+        named = here.with_name(here.name[:-len(MM_SUFFIX)]) if here.name.endswith(
+            MM_SUFFIX) else here
+        config: dict[str, Any] = {}
+        for pattern in self.patterns:
+            fields = pattern.match(named)
+            if fields is not None:
+                config.update(fields)
+                break
+        if "task" not in config:
+            hinted = info.pop("task_name", None)
+            model_config = self.read(here / CONFIG) if CONFIG in names else None
+            if isinstance(hinted, str):
+                config["task"] = task_name(hinted)
+            elif model_config and isinstance(model_config.get("finetuning_task"), str):
+                config["task"] = task_name(model_config["finetuning_task"])
+            elif set(metrics) >= {"exact_match", "f1"}:
+                config["task"] = "squad"
+            else:
+                tried = ", ".join(p.text for p in self.patterns)
+                self.warn(here, f"task unknown: no config.json, and the directory name matches "
+                                f"no --pattern (tried {tried})")
+        info.pop("task_name", None)
+        return config
 
 
-def _is_job_dir(path: Path) -> bool:
-    """A job wrote its status or results here (a bare config.json may be a model's)."""
-    return (path / STATUS).is_file() or (path / EVAL_JSON).is_file()
+def _is_ours(here: Path, names: set[str]) -> bool:
+    """A quantsweep job wrote its status here, or its results beside its own config (a bare
+    config.json may be a model's; an HF Trainer output also holds eval_results.json)."""
+    if STATUS in names:
+        return True
+    if EVAL_JSON not in names or CONFIG not in names:
+        return False
+    try:
+        config = json.loads((here / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and "method" in config and "task" in config
 
 
-def find_runs(paths: list[str]) -> list[Run]:
+def _merge_mm(runs: dict[str, Run]) -> None:
+    """Old run_glue scripts write MNLI-mm to `<output_dir>-MM/`: its metrics join the
+    sibling's as `<metric>_mm`; an `-MM` directory without a sibling stays a run of its own."""
+    for key in [k for k, r in runs.items() if r.source != OURS
+                and r.output_dir.name.endswith(MM_SUFFIX)]:
+        mm = runs[key]
+        renamed = {(k if k.endswith("_mm") else f"{k}_mm"): v for k, v in mm.metrics.items()}
+        sibling = runs.get(key[:-len(MM_SUFFIX)])
+        if sibling is None or sibling.source == OURS:
+            mm.metrics = renamed
+            continue
+        sibling.metrics.update(renamed)
+        sibling.source += f", {MM_SUFFIX} sibling"
+        if sibling.state != "completed" and sibling.metrics:
+            sibling.state, sibling.reason = "completed", None
+        del runs[key]
+
+
+def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection:
     """Runs under the given sweep or job directories, each once, in a stable order."""
+    compiled = [compile_pattern(p) for p in (patterns or [])] or [compile_pattern(SEED_PATTERN)]
+    reader = _Reader(compiled)
     runs: dict[str, Run] = {}
+    sweeps: dict[str, Sweep] = {}
+    read_dirs: set[str] = set()  # job directories already read through a ledger
     for raw in paths:
         root = Path(raw)
         if not root.is_dir():
             raise UserError(f"{raw}: no such directory (give sweep directories such as runs/NAME)")
-        for dirpath, dirnames, _ in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
+            names = set(filenames)
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
-                                 and not d.startswith("."))
-            ledger = _read(here / LEDGER) if (here / LEDGER).is_file() else None
+                                 and not d.startswith((".", "checkpoint-"))
+                                 and os.path.join(dirpath, d) not in read_dirs)
+            ledger = reader.read(here / LEDGER) if LEDGER in names else None
             if ledger and isinstance(ledger.get("jobs"), dict):
+                name = str(ledger.get("sweep", "")) or here.name
+                spec_text = ledger.get("spec_text")
+                if not isinstance(spec_text, str):
+                    try:
+                        spec_text = Path(str(ledger.get("spec", ""))).read_text(encoding="utf-8")
+                    except (OSError, UnicodeDecodeError):
+                        spec_text = None
+                sweeps.setdefault(name, Sweep(name, str(ledger.get("spec", "")), spec_text))
                 for jid, entry in ledger["jobs"].items():
                     out = Path(entry.get("output_dir", ""))
+                    read_dirs.add(os.path.abspath(out))
                     key = os.path.realpath(out)
                     if key not in runs:
-                        run = read_job_dir(out, entry)
+                        run = reader.ours(out, entry)
                         run.job_id = run.job_id or jid
-                        run.sweep = run.sweep or str(ledger.get("sweep", ""))
+                        run.sweep = run.sweep or name
                         runs[key] = run
-            if _is_job_dir(here):
-                key = os.path.realpath(here)
+            key = os.path.realpath(here)
+            if _is_ours(here, names):
                 if key not in runs:
-                    runs[key] = read_job_dir(here)
+                    runs[key] = reader.ours(here)
                 dirnames[:] = []  # a job directory holds no further jobs
-    return sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
+            elif key not in runs:
+                run = reader.foreign(here, sorted(names))
+                if run is not None:
+                    runs[key] = run
+    _merge_mm(runs)
+    ordered = sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
+    return Collection(ordered, list(sweeps.values()), reader.problems)

@@ -10,7 +10,7 @@ from analysis.baselines import collapse_reason
 from analysis.results import Run
 
 LEAD = ["job_id", "sweep", "task", "method", "nbits"]
-TAIL = ["state", "reason", "collapsed", "output_dir"]
+TAIL = ["state", "reason", "collapsed", "source", "output_dir"]
 
 
 def _cell(value: Any) -> Any:
@@ -34,6 +34,6 @@ def tidy(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
         row += [_cell(r.metrics.get(m)) for m in metric_keys]
         row += [_cell(r.info.get(k)) for k in info_keys]
         collapsed = collapse_reason(r.task, r.metrics) if r.metrics else None
-        row += [r.state, r.reason, collapsed or "", str(r.output_dir)]
+        row += [r.state, r.reason, collapsed or "", r.source, str(r.output_dir)]
         rows.append(row)
     return header, rows

@@ -36,12 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("job", help="job id (or its prefix), or the scheduler's id")
     lo.add_argument("sweeps", nargs="*", help="sweep directories, specs or names")
 
-    co = sub.add_parser("collect", help="gather job results into a workbook or CSV")
+    co = sub.add_parser("collect", help="gather job results into a workbook, CSV, Markdown or "
+                        "an HTML report")
     co.add_argument("paths", nargs="*", default=["runs"],
-                    help="sweep or job directories (default: runs)")
-    co.add_argument("--to", choices=("xlsx", "csv"), default="xlsx")
+                    help="sweep or job directories, ours or other tools' (default: runs)")
+    co.add_argument("--to", choices=("xlsx", "csv", "md", "html"), default="xlsx")
     co.add_argument("-o", "--output", default=None,
                     help="output file (default: results.<ext> in the first directory)")
+    co.add_argument("--pattern", action="append", default=[], metavar="PATTERN",
+                    help="how directories without a config.json name their runs, e.g. "
+                    "'{task}_{method}quant{nbits}bit' (the default; repeatable, first match "
+                    "wins; '/' spans directories, other fields such as {seed} become columns)")
     return p
 
 
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return manage.logs(args.job, args.sweeps)
         from analysis.collect import collect
 
-        return collect(args.paths, args.to, args.output)
+        return collect(args.paths, args.to, args.output, args.pattern)
     except UserError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -80,6 +80,10 @@ class Ledger:
     def register(self, spec_name: str, spec_path: str, jobs: list[Job]) -> None:
         self.data["sweep"] = spec_name
         self.data["spec"] = str(Path(spec_path).absolute())
+        try:  # the spec as launched, for the report (the file may change later)
+            self.data["spec_text"] = Path(spec_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            pass
         for job in jobs:
             entry = self.jobs.setdefault(job.id, {"state": "missing", "attempts": 0})
             entry.update(index=job.index, config=job.config, output_dir=str(job.output_dir))

@@ -35,7 +35,30 @@ def write_job(root: Path, name: str, config: dict, results: dict | None, state="
     return out
 
 
-def jobs_from_seed(root: Path) -> None:
+OLD_NAMES = {"accuracy": "acc", "f1": "f1", "combined_score": "acc_and_f1",
+             "matthews_correlation": "mcc", "pearson": "pearson", "spearmanr": "spearmanr"}
+
+
+def old_script_job(root: Path, task: str, method: str, b: int, results: dict) -> None:
+    """What the seed's own script left: `<task>_<method>quant<bits>bit/eval_results.txt` in
+    run_glue's `key = value` format, no config, MNLI-mm in the `-MM` sibling directory."""
+    out = root / f"{task}_{method}quant{b}bit"
+    lines: dict[Path, dict[str, float]] = {}
+    for key, value in results.items():
+        metric = key[len("eval_"):]
+        if metric == "accuracy_mm":
+            lines.setdefault(out.with_name(out.name + "-MM"), {})["acc"] = value
+        else:
+            name = "corr" if (task, metric) == ("stsb", "combined_score") else OLD_NAMES[metric]
+            lines.setdefault(out, {})[name] = value
+    for path, result in lines.items():
+        path.mkdir(parents=True)
+        with open(path / "eval_results.txt", "w") as writer:
+            for key in sorted(result):
+                writer.write("%s = %s\n" % (key, str(result[key])))  # noqa: UP031
+
+
+def jobs_from_seed(root: Path, old_format: bool = False) -> None:
     """One job directory per (method, task, bits) of the seed sheet, holding its numbers."""
     cells, max_row, _ = seed_cells()
     jobs: dict[tuple[str, str, int], dict] = {}
@@ -55,14 +78,18 @@ def jobs_from_seed(root: Path) -> None:
                 value = float("nan") if value == "nan" else value
                 jobs.setdefault((method, task, b), {})[f"eval_{metric}"] = value
     for (method, task, b), results in jobs.items():
-        write_job(root, f"{task}_{method}quant{b}bit", {"task": task, "method": method,
-                                                        "nbits": b}, results)
+        if old_format:
+            old_script_job(root, task, method, b, results)
+        else:
+            write_job(root, f"{task}_{method}quant{b}bit", {"task": task, "method": method,
+                                                            "nbits": b}, results)
 
 
 @needs_seed
-def test_measurements_sheet_reproduces_the_seed_layout_cell_by_cell(tmp_path):
+@pytest.mark.parametrize("old_format", [False, True], ids=["quantsweep", "seed-script-files"])
+def test_measurements_sheet_reproduces_the_seed_layout_cell_by_cell(tmp_path, old_format):
     root = tmp_path / "seed"
-    jobs_from_seed(root)
+    jobs_from_seed(root, old_format)
     out = tmp_path / "out.xlsx"
     proc = sweep_cli("collect", str(root), "--to", "xlsx", "-o", str(out))
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,94 @@
+"""A line chart as a standalone SVG image (metric vs nbits, a series per method), for the HTML
+report: no plotting library, nothing fetched when the report is opened."""
+
+from __future__ import annotations
+
+import base64
+import math
+from xml.sax.saxutils import escape
+
+from analysis.summary import TaskSummary
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+WIDTH, HEIGHT = 720, 380
+LEFT, RIGHT, TOP, BOTTOM = 70, 230, 40, 55
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    step = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        if step * factor >= raw:
+            step *= factor
+            break
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def line_chart_svg(summary: TaskSummary) -> str:
+    values = [v for s in summary.series for v in s.values if v is not None]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
+    lo, hi = lo - pad, hi + pad
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    n = len(summary.chart_bits)
+
+    def x(i: int) -> float:
+        return LEFT + (plot_w * (i + 0.5) / n)
+
+    def y(v: float) -> float:
+        return TOP + plot_h * (1 - (v - lo) / (hi - lo))
+
+    label = escape(summary.chart_label or "")
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
+           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
+           f'{escape(summary.display)}: {label} vs bits</text>',
+           f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
+           f'stroke="#444"/>']
+    digits = 1 if hi - lo > 5 else 3
+    for t in _ticks(lo, hi):
+        ty = y(t)
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                   f'stroke="#ddd"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end">{t:.{digits}f}</text>')
+    for i, bits in enumerate(summary.chart_bits):
+        out.append(f'<text x="{x(i):.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">'
+                   f'{bits}</text>')
+    out.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 12}" text-anchor="middle">'
+               'bits</text>')
+    out.append(f'<text transform="translate(16 {TOP + plot_h / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle">{label}</text>')
+    for k, series in enumerate(summary.series):
+        colour = PALETTE[k % len(PALETTE)]
+        segment: list[str] = []
+        segments: list[list[str]] = []
+        for i, v in enumerate(series.values):
+            if v is None:  # a gap where no run gave a result
+                if segment:
+                    segments.append(segment)
+                segment = []
+                continue
+            segment.append(f"{x(i):.1f},{y(v):.1f}")
+            out.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5" fill="{colour}"/>')
+        if segment:
+            segments.append(segment)
+        for seg in segments:
+            if len(seg) > 1:
+                out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{colour}" '
+                           'stroke-width="2.5"/>')
+        ly = TOP + 8 + 18 * k
+        lx = LEFT + plot_w + 14
+        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{ly}" y2="{ly}" stroke="{colour}" '
+                   'stroke-width="3"/>')
+        out.append(f'<text x="{lx + 28}" y="{ly + 4}">{escape(series.name[:30])}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def data_uri(svg: str) -> str:
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
