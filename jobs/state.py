@@ -18,13 +18,18 @@ ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZ
 LOST_AFTER_S = 120  # a submission the scheduler never heard of by then is lost
 
 
-def _age_s(stamp: str | None) -> float | None:
-    if not stamp:
+def _epoch(stamp: Any) -> float | None:
+    if not isinstance(stamp, str) or not stamp:
         return None
     try:
-        return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
         return None
+
+
+def _age_s(stamp: str | None) -> float | None:
+    when = _epoch(stamp)
+    return None if when is None else time.time() - when
 
 
 def job_state(entry: dict[str, Any], sched: str | None,
@@ -41,6 +46,11 @@ def job_state(entry: dict[str, Any], sched: str | None,
         return "running", None
     status = read_status(out) or {}
     file_state, file_reason = status.get("state"), status.get("reason")
+    written, submitted = _epoch(status.get("updated")), _epoch(entry.get("submitted"))
+    if written is not None and submitted is not None and written < submitted:
+        # the marker of an attempt before the latest submission: the rerun has not started yet
+        # (and the scheduler may not list it yet), so the old failure says nothing about it
+        file_state = None
     if entry.get("state") == "cancelled":
         return "cancelled", file_reason or entry.get("reason") or "cancelled"
     if sched == "CANCELLED":

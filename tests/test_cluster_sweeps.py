@@ -191,6 +191,20 @@ def test_state_resolution(tmp_path, entry, sched, launcher, want):
     assert job_state(entry, sched, launcher)[0] == want
 
 
+def test_a_failure_marker_older_than_the_resubmission_is_not_the_rerun(tmp_path):
+    # the failed job went again; the scheduler does not list the new id yet (sacct lags)
+    (tmp_path / "status.json").write_text(json.dumps(
+        {"state": "failed", "reason": "boom", "updated": "2026-01-01T10:00:00+0000"}))
+    recent = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    entry = {"backend": "slurm", "output_dir": str(tmp_path), "submitted": recent}
+    assert job_state(entry, "UNKNOWN") == ("pending", None)
+    assert job_state(entry, None) == ("pending", None)
+    # the rerun failed too: its marker is newer than the submission
+    (tmp_path / "status.json").write_text(json.dumps(
+        {"state": "failed", "reason": "boom again", "updated": "2999-01-01T10:00:00+0000"}))
+    assert job_state(entry, "UNKNOWN") == ("failed", "boom again")
+
+
 def test_results_on_disk_win_over_the_scheduler(tmp_path):
     (tmp_path / "status.json").write_text('{"state": "completed"}')
     (tmp_path / "eval_results.json").write_text("{}")
