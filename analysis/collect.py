@@ -61,7 +61,7 @@ def _collect(paths: list[str], to: str, output: str | None,
     elif to == "html":
         from analysis.report import render as render_html
 
-        write_text(out, render_html(collection, blocks, summarize(blocks), header, rows))
+        write_text(out, render_html(collection, blocks, summarize(blocks), header, rows, states))
     else:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")

@@ -89,11 +89,8 @@ def _measurements(blocks: list[Block]) -> list[dict[str, Any]]:
 
 
 def render(collection: Collection, blocks: list[Block], summaries: list[TaskSummary],
-           header: list[str], rows: list[list[Any]]) -> str:
+           header: list[str], rows: list[list[Any]], counts: dict[str, int]) -> str:
     runs = collection.runs
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.state] = counts.get(r.state, 0) + 1
     unfinished = [r for r in runs if r.state != "completed"]
     collapsed = [(r, reason) for r in runs if r.metrics
                  and (reason := collapse_reason(r.task, r.metrics))]
