@@ -132,9 +132,16 @@ def read_hf_json(path: Path) -> tuple[dict[str, float], dict[str, Any]]:
         raise BadFile(f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BadFile("not a JSON object")
+    return split_eval(data)
+
+
+def split_eval(data: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """HF Trainer results: numeric `eval_` keys are metrics (named as metric_name says), the
+    rest (train_*, epoch, facts such as quantized_fraction) info. A bare evaluate-v1.1 object
+    ({"exact_match", "f1"} saved as .json) is all metrics."""
     metrics: dict[str, float] = {}
     info: dict[str, Any] = {}
-    bare = bool(data) and set(data) <= {"exact_match", "f1"}  # evaluate-v1.1's line as .json
+    bare = bool(data) and set(data) <= {"exact_match", "f1"}
     for key, value in data.items():
         if key.startswith("eval_") or bare:
             num = number(value)

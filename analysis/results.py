@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.formats import MM_SUFFIX, BadFile, number, read_foreign, result_files
+from analysis.formats import MM_SUFFIX, BadFile, read_foreign, result_files, split_eval
 from analysis.naming import SEED_PATTERN, Pattern, compile_pattern, task_name
 from jobs.errors import UserError
 from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
@@ -105,14 +105,7 @@ class _Reader:
             state, reason = "failed", f"{EVAL_JSON} is missing or unreadable"
         else:
             reason = status.get("reason") or ledger_entry.get("reason")
-        metrics, info = {}, {}
-        for key, value in (results or {}).items():
-            if key.startswith("eval_"):
-                num = number(value)
-                if num is not None:
-                    metrics[key[len("eval_"):]] = num
-            else:
-                info[key] = value
+        metrics, info = split_eval(results or {})
         return Run(out_dir, {k: v for k, v in config.items() if k not in RUN_KEYS}, state,
                    metrics, info, reason, sweep=str(config.get("sweep", "")),
                    job_id=str(config.get("job_id") or ""))
