@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jobs.errors import UserError
@@ -23,9 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--max-parallel", type=int, default=None,
                     help="local: jobs at once (default: visible GPUs / GPUs per job, 1 on CPU)")
     la.add_argument("--sweep-dir", default=None, help="override the spec's sweep_dir")
+    la.add_argument("--max-jobs", type=int, default=None, metavar="N",
+                    help="refuse specs that expand to more jobs (default: the spec's "
+                    "max_jobs, else 100,000)")
 
     st = sub.add_parser("status", help="a table of every job of the sweep(s), with totals")
     st.add_argument("sweeps", nargs="*", help="sweep directories, specs or names (default: runs/*)")
+    st.add_argument("--long", action="store_true",
+                    help="each job's whole reason on a line of its own (the table cuts it)")
 
     ca = sub.add_parser("cancel", help="cancel pending and running jobs")
     ca.add_argument("sweeps", nargs="*", help="sweep directories, specs or names")
@@ -50,21 +56,59 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _ClosedPipeSafe:
+    """stdout that survives its reader going away (`sweep status | head`): the first broken
+    pipe sends the rest of the output to /dev/null instead of raising, so a launch that is
+    running jobs goes on and nothing prints a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _devnull(self) -> None:
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._devnull()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not isinstance(sys.stdout, _ClosedPipeSafe):
+        sys.stdout = _ClosedPipeSafe(sys.stdout)
     try:
         if args.command == "launch":
             if args.max_parallel is not None and args.max_parallel < 1:
                 raise UserError("--max-parallel: must be at least 1")
             from jobs.launch import launch
 
+            if args.max_jobs is not None and args.max_jobs < 1:
+                raise UserError("--max-jobs: must be at least 1")
             return launch(args.spec, args.backend, dry=args.dry_run, force=args.force,
-                          max_parallel=args.max_parallel, sweep_dir=args.sweep_dir)
+                          max_parallel=args.max_parallel, sweep_dir=args.sweep_dir,
+                          max_jobs=args.max_jobs)
         if args.command in ("status", "cancel", "logs"):
             from jobs import manage
 
             if args.command == "status":
-                return manage.status(args.sweeps)
+                return manage.status(args.sweeps, long=args.long)
             if args.command == "cancel":
                 return manage.cancel(args.sweeps, args.where)
             return manage.logs(args.job, args.sweeps)

@@ -8,6 +8,7 @@ are the truth (see jobs.state).
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,23 @@ def require(backend: str) -> None:
                         f"{backend.upper()} login node, or use --dry-run to render the scripts")
 
 
+def _python(res: Resources) -> str | None:
+    """The interpreter the job runs (resources.python, quoted), or None for submitit's default:
+    the one that launches."""
+    return shlex.quote(res.python) if res.python else None
+
+
 def make_executor(backend: str, folder: Path, name: str, res: Resources,
                   setup: list[str] | None = None):
     require(backend)
     if backend == "slurm":
         from submitit import SlurmExecutor
 
-        executor = SlurmExecutor(folder=folder)
+        executor = SlurmExecutor(folder=folder, python=_python(res))
     else:
         from jobs.lsf import LsfExecutor
 
-        executor = LsfExecutor(folder=folder)
+        executor = LsfExecutor(folder=folder, python=_python(res))
     params = {k: v for k, v in executor_parameters(backend, name, res, setup).items()
               if v is not None}
     executor.update_parameters(**params)
@@ -101,7 +108,7 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
     from jobs.snapshot import pythonpath_line
     from quantlib.run import run_config
 
-    setup = [pythonpath_line(code)]
+    setup = [*res.shell_lines(), pythonpath_line(code)]
     free = [c for c, dep in items if dep is None]
     try:
         out: dict[int, Any] = {}

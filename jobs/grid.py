@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs.errors import SpecError
 from jobs.spec import Spec, Stage
-from quantlib.configs import ConfigError, ignored_keys, resolve
+from quantlib.configs import ConfigError, identity, ignored_keys, resolve
 
 ID_LENGTH = 10
 MARKER = "@job:"  # a value standing for the saved model of the job whose id follows
@@ -42,8 +42,26 @@ class Job:
 
 
 def job_id(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=list)
+    """A hash of the job's identity (its resolved arguments less those equal to their
+    defaults): independent of the other jobs of the spec and of how a value was written."""
+    blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
+
+
+def count_bound(spec: Spec) -> int:
+    """The most jobs the spec can expand to (excludes not subtracted), without expanding it."""
+    total, parents = 0, 1
+    for stage in spec.stages:
+        points = 1
+        for values in stage.grid.values():
+            points *= len(values)
+        for group in stage.zips:
+            points *= len(next(iter(group.values())))
+        if not stage.grid and not stage.zips and stage.include:
+            points = 0
+        parents *= points + len(stage.include)
+        total += parents
+    return total
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -95,12 +113,19 @@ def _key_source(spec: Spec, stage: Stage, prefix: str, key: str, source: str,
 
 
 def _safe(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-") or "x"
+    """A value as one path component: no separator, never '.' or '..'."""
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-")[:80]
+    return text if text.strip(".") else "x"
 
 
 def expand(spec: Spec) -> list[Job]:
     """All jobs of a spec, stage after stage, in order; raises SpecError for invalid or
     duplicate jobs."""
+    bound = count_bound(spec)
+    if bound > spec.max_jobs:
+        raise SpecError(spec.path, "grid", f"expands to up to {bound:,} jobs, over the limit of "
+                        f"{spec.max_jobs:,} (raise it with max_jobs: N in the spec, or "
+                        "--max-jobs N)")
     sweep_dir = Path(spec.sweep_dir).absolute()
     jobs: list[Job] = []
     seen: dict[str, str] = {}
@@ -180,7 +205,17 @@ def _output_dir(spec: Spec, stage: Stage, sweep_dir: Path, config: dict[str, Any
         rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, stage=stage.name or "NA",
                                           **fields))
     else:
-        label = "_".join(_safe(config[a]) for a in spec.axes
-                         if a in config and not str(config[a]).startswith(MARKER))
-        rel = Path("jobs") / stage.name / (f"{label}-{jid}" if label else jid)
-    return rel if rel.is_absolute() else sweep_dir / rel
+        rel = Path("jobs") / stage.name / default_dir_name(config, jid)
+    out = sweep_dir / rel
+    if ".." in rel.parts or rel.is_absolute():  # spec.py checks the pattern; values are _safe
+        raise SpecError(spec.path, "output_dir", f"{rel} leaves the sweep directory")
+    return out
+
+
+def default_dir_name(config: dict[str, Any], jid: str) -> str:
+    """`<task>_<method>[_<nbits>]-<id>`: from the job's own configuration alone, so that
+    editing the spec (another axis, other jobs) never moves a job's directory."""
+    parts = [_safe(config["task"]), _safe(config["method"])]
+    if isinstance(config.get("nbits"), int):
+        parts.append(str(config["nbits"]))
+    return "_".join(parts) + f"-{jid}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
 from jobs.manage import rel_path, states
+from jobs.safeyaml import control_char
 from jobs.scripts import (
     dependency_option,
     label,
@@ -64,10 +66,19 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
 
 def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = False,
            max_parallel: int | None = None, sweep_dir: str | None = None,
-           out: IO[str] = sys.stdout) -> int:
+           max_jobs: int | None = None, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
     spec = load_spec(spec_path)
     if sweep_dir:
         spec.sweep_dir = sweep_dir
+    if max_jobs is not None:
+        spec.max_jobs = max_jobs
+    for what, value in (("--sweep-dir", spec.sweep_dir), ("the working directory", os.getcwd()),
+                        ("the Python interpreter", spec.resources.python or sys.executable)):
+        bad = control_char(value)
+        if bad:
+            raise UserError(f"{what} {value!r} holds the control character {bad!r}: job "
+                            "scripts cannot name it safely")
     jobs = expand(spec)
     if dry:
         return dry_run(spec, jobs, backend, out)

@@ -76,7 +76,11 @@ def rel_path(path: str | os.PathLike) -> str:
         return path
 
 
-def status(targets: list[str], out: IO[str] = sys.stdout) -> int:
+REASON_WIDTH = 60  # the table's reason column; --long and `sweep logs` show it whole
+
+
+def status(targets: list[str], out: IO[str] | None = None, long: bool = False) -> int:
+    out = out or sys.stdout
     for sweep_dir in sweep_dirs(targets):
         ledger = Ledger(sweep_dir)
         resolved = states(ledger)
@@ -89,19 +93,29 @@ def status(targets: list[str], out: IO[str] = sys.stdout) -> int:
             c = e.get("config", {})
             rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
                          str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
-                         elapsed(e), (reason or "-")[:60], rel_path(log_path(ledger, e))]
+                         elapsed(e), _cut(reason or "-", REASON_WIDTH),
+                         rel_path(log_path(ledger, e))]
                         + ([e.get("stage") or "-", e.get("after") or "-"] if staged else []))
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({rel_path(str(sweep_dir))})",
               file=out)
         for r in [head, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
+        if long:
+            for jid in sorted(ledger.jobs, key=lambda j: ledger.jobs[j].get("index", 0)):
+                if resolved[jid][1]:
+                    print(f"{jid} {resolved[jid][0]}: {resolved[jid][1]}", file=out)
         totals: dict[str, int] = {}
         for state, _ in resolved.values():
             totals[state] = totals.get(state, 0) + 1
         print(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(totals.items())),
               file=out)
     return 0
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _matches(config: dict[str, Any], where: list[str]) -> bool:
@@ -114,7 +128,8 @@ def _matches(config: dict[str, Any], where: list[str]) -> bool:
     return True
 
 
-def cancel(targets: list[str], where: list[str], out: IO[str] = sys.stdout) -> int:
+def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
     for sweep_dir in sweep_dirs(targets):
         ledger = Ledger(sweep_dir)
         resolved = states(ledger)
@@ -139,7 +154,8 @@ def cancel(targets: list[str], where: list[str], out: IO[str] = sys.stdout) -> i
     return 0
 
 
-def logs(job: str, targets: list[str], out: IO[str] = sys.stdout) -> int:
+def logs(job: str, targets: list[str], out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
     for sweep_dir in sweep_dirs(targets):
         ledger = Ledger(sweep_dir)
         hits = [(jid, e) for jid, e in ledger.jobs.items()
@@ -149,6 +165,8 @@ def logs(job: str, targets: list[str], out: IO[str] = sys.stdout) -> int:
         if not hits:
             continue
         jid, e = hits[0]
+        state, reason = states(ledger)[jid]
+        print(f"job {jid}: {state}" + (f": {reason}" if reason else ""), file=out)
         paths = [log_path(ledger, e)]
         if e.get("backend") in CLUSTER:
             paths.append(paths[0].replace("_log.out", "_log.err"))

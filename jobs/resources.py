@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,9 @@ from quantlib.configs import suggest
 
 MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 TIME_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\s*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
+CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.:@+&|,\[\]*()-]{1,512}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MEM_FACTOR = {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024 * 1024}
 
 
@@ -44,6 +48,14 @@ class Resources:
     array_parallelism: int | None = None
     lsf: LsfOptions = field(default_factory=LsfOptions)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    setup: list[str] = field(default_factory=list)  # the user's shell lines, run before the job
+    env: dict[str, str] = field(default_factory=dict)  # exported, each value quoted
+    python: str | None = None  # the jobs' interpreter; default: the one that launches
+
+    def shell_lines(self) -> list[str]:
+        """What every backend's job script runs before the job: the exports (quoted), then the
+        setup lines as the user wrote them."""
+        return [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()] + list(self.setup)
 
     @property
     def lsf_rusage_mem(self) -> str:
@@ -67,11 +79,16 @@ def parse_mem(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int):
+        if value < 1:
+            raise ValueError
         return value
     m = MEM_RE.match(str(value))
     if not m:
         raise ValueError
-    return max(1, round(float(m.group(1)) * MEM_FACTOR[m.group(2).upper()]))
+    mb = float(m.group(1)) * MEM_FACTOR[m.group(2).upper()]
+    if mb <= 0:
+        raise ValueError
+    return max(1, round(mb))
 
 
 def parse_time(value: Any) -> int:
@@ -112,6 +129,11 @@ def _options(raw: Any, cls: type, path: str, where: str) -> Any:
                 raise SpecError(path, f"{where}.{key}", f"{value!r} is not a whole number >= 0")
         elif value is not None and not isinstance(value, str):
             raise SpecError(path, f"{where}.{key}", f"{value!r} is not a string")
+        elif key in ("partition", "account") and value is not None:
+            value = _name(value, path, f"{where}.{key}")
+        elif key == "constraint" and value is not None and not CONSTRAINT_RE.match(value):
+            raise SpecError(path, f"{where}.{key}", f"{value!r} is not a SLURM constraint "
+                                                    "(features joined by & | , [ ] * ( ))")
         kwargs[key] = value
     opts = cls(**kwargs)
     for line in getattr(opts, "extra", []):
@@ -131,11 +153,19 @@ def _options(raw: Any, cls: type, path: str, where: str) -> Any:
     return opts
 
 
+def _name(value: Any, path: str, where: str) -> str:
+    """A queue, partition, project or account name: one word of the scheduler's name set."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpecError(path, where, f"{value!r} is not a scheduler name (letters, digits and "
+                                     "_ . - : @ +)")
+    return value
+
+
 def parse_resources(raw: Any, path: str) -> Resources:
     if raw is None:
         return Resources()
     allowed = ["gpus", "cpus", "mem", "time", "queue", "partition", "project", "account",
-               "array_parallelism", "lsf", "slurm"]
+               "array_parallelism", "lsf", "slurm", "setup", "env", "python"]
     if not isinstance(raw, dict):
         raise SpecError(path, "resources", f"must be a mapping with keys {', '.join(allowed)}")
     res = Resources()
@@ -153,8 +183,8 @@ def parse_resources(raw: Any, path: str) -> Resources:
             try:
                 res.mem_mb = parse_mem(value)
             except ValueError:
-                raise SpecError(path, where, f"{value!r} is not a memory size: write MB as "
-                                             "a number (8164) or with a unit (8164MB, 16GB)"
+                raise SpecError(path, where, f"{value!r} is not a memory size above 0: write MB "
+                                             "as a number (8164) or with a unit (8164MB, 16GB)"
                                 ) from None
         elif key == "time":
             try:
@@ -165,9 +195,31 @@ def parse_resources(raw: Any, path: str) -> Resources:
             if res.time_minutes < 1:
                 raise SpecError(path, where, "must be at least one minute")
         elif key in ("queue", "partition", "project", "account"):
-            if not isinstance(value, str) or not value:
-                raise SpecError(path, where, f"{value!r} is not a non-empty string")
-            setattr(res, {"partition": "queue", "account": "project"}.get(key, key), value)
+            setattr(res, {"partition": "queue", "account": "project"}.get(key, key),
+                    _name(value, path, where))
+        elif key == "setup":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                                      for v in value):
+                raise SpecError(path, where, "must be a list of shell lines, e.g. "
+                                             "['module load cuda/12.1']")
+            res.setup = list(value)
+        elif key == "env":
+            if not isinstance(value, dict):
+                raise SpecError(path, where, "must map variable names to values, e.g. "
+                                             "{HF_HOME: /scratch/hf}")
+            for name, v in value.items():
+                if not ENV_NAME_RE.match(str(name)):
+                    raise SpecError(path, f"{where}.{name}", "not a variable name (letters, "
+                                                             "digits and _, not first a digit)")
+                if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                    raise SpecError(path, f"{where}.{name}", f"{v!r} is not a string or number")
+                res.env[str(name)] = str(v)
+        elif key == "python":
+            if not isinstance(value, str) or not value.strip():
+                raise SpecError(path, where, f"{value!r} is not an interpreter (a path, or a "
+                                             "command such as python3)")
+            res.python = value
         elif key == "lsf":
             res.lsf = _options(value, LsfOptions, path, where)
         else:

@@ -10,12 +10,14 @@ from typing import Any
 
 import yaml
 
+from jobs import safeyaml
 from jobs.errors import SpecError
 from jobs.resources import Resources, parse_resources
+from jobs.safeyaml import control_char
 from quantlib.configs import all_keys, suggest
 
 TOP_KEYS = ("name", "description", "grid", "zip", "exclude", "include", "base", "stages",
-            "output_dir", "sweep_dir", "resources")
+            "output_dir", "sweep_dir", "resources", "max_jobs")
 STAGE_KEYS = ("name", "grid", "zip", "exclude", "include", "base", "from_previous")
 STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 # arguments a stage may fill with the previous stage's saved model
@@ -23,6 +25,7 @@ INPUT_KEYS = ("model_name_or_path", "teacher_name_or_path")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RANGE_RE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 JOB_PLACEHOLDERS = ("job_id", "name", "stage")
+MAX_JOBS = 100_000  # default of the spec's max_jobs: grids over it are refused unexpanded
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Spec:
     resources: Resources
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    max_jobs: int = 100_000  # a grid that would expand to more jobs is refused unexpanded
 
     @property
     def staged(self) -> bool:
@@ -77,12 +81,17 @@ class Spec:
 
 def load_spec(path: str | Path) -> Spec:
     path = str(path)
+    bad = control_char(path)
+    if bad:
+        raise SpecError(repr(path), "", f"the spec's path holds the control character {bad!r}")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise SpecError(path, "", f"cannot read the spec ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safeyaml.load(data)
+    except safeyaml.YamlRefused as exc:
+        raise SpecError(path, exc.where, exc.message) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
@@ -94,6 +103,10 @@ def load_spec(path: str | Path) -> Spec:
 def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(path, "", "a spec is a mapping with keys " + ", ".join(TOP_KEYS))
+    # the description may span lines (it reaches no script); every other value may not
+    problem = safeyaml.check_values({k: v for k, v in raw.items() if k != "description"})
+    if problem:
+        raise SpecError(path, *problem)
     for key in raw:
         if key not in TOP_KEYS:
             raise SpecError(path, str(key), f"unknown key{suggest(key, TOP_KEYS)}; "
@@ -133,9 +146,17 @@ def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
             raise SpecError(path, "output_dir", "must be a path pattern such as "
                                                 "'{task}_{method}quant{nbits}bit'")
         try:
-            names = [f for _, f, _, _ in string.Formatter().parse(output_dir) if f is not None]
+            parts = list(string.Formatter().parse(output_dir))
         except ValueError as exc:
             raise SpecError(path, "output_dir", f"bad pattern: {exc}") from None
+        if any(spec_ or conv for _, f, spec_, conv in parts if f is not None):
+            raise SpecError(path, "output_dir", "placeholders take no format spec or "
+                                                "conversion: write {task}, not {task:>9}")
+        names = [f for _, f, _, _ in parts if f is not None]
+        sample = "".join(text + ("x" if f is not None else "") for text, f, _, _ in parts)
+        if sample.startswith(("/", "~")) or ".." in Path(sample.replace("\\", "/")).parts:
+            raise SpecError(path, "output_dir", f"{output_dir!r} leaves the sweep directory: "
+                                                "give a relative path without '..'")
         for placeholder in names:
             if placeholder not in axes and placeholder not in JOB_PLACEHOLDERS:
                 allowed = sorted(set(axes)) + list(JOB_PLACEHOLDERS)
@@ -146,16 +167,22 @@ def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
     sweep_dir = raw.get("sweep_dir", "runs/{name}")
     if not isinstance(sweep_dir, str) or not sweep_dir.strip():
         raise SpecError(path, "sweep_dir", "must be a directory path (default runs/{name})")
-    try:
-        sweep_dir = sweep_dir.format(name=name)
-    except (KeyError, IndexError, ValueError):
-        raise SpecError(path, "sweep_dir", "may use only the placeholder {name}") from None
+    if "{" in sweep_dir.replace("{name}", "") or "}" in sweep_dir.replace("{name}", ""):
+        raise SpecError(path, "sweep_dir", "may use only the placeholder {name}")
+    sweep_dir = sweep_dir.replace("{name}", name)
+    max_jobs = raw.get("max_jobs", MAX_JOBS)
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+        raise SpecError(path, "max_jobs", f"{max_jobs!r} is not a whole number >= 1")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SpecError(path, "description", "must be a string")
+    bad = control_char(description.replace("\n", "").replace("\t", ""))
+    if bad:
+        raise SpecError(path, "description", f"holds the control character {bad!r}")
     resources = parse_resources(raw.get("resources"), path)
     return Spec(path=path, name=name, stages=stages, base=dict(base), output_dir=output_dir,
-                sweep_dir=sweep_dir, resources=resources, description=description, raw=raw)
+                sweep_dir=sweep_dir, resources=resources, description=description, raw=raw,
+                max_jobs=max_jobs)
 
 
 def _check_arg(path: str, where: str, key: Any) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,7 +321,9 @@ register_method("pruneofa", "Prune OFA", PruneOFAConfig)
 register_method("distil-squad", "DistilBERT", DistilSquadConfig)
 
 
+@functools.cache
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    """A config class's fields by name (cached: a 10,000-job spec asks a million times)."""
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
@@ -330,12 +334,38 @@ def method_fields(method: str) -> dict[str, dataclasses.Field]:
     return _fields(METHODS[method].config)
 
 
-def all_keys() -> set[str]:
+def all_keys() -> frozenset[str]:
     """Every trainer argument any method accepts."""
+    return _all_keys(len(METHODS))
+
+
+@functools.cache
+def _all_keys(n_methods: int) -> frozenset[str]:  # keyed by the registry's size
     keys = set(TRAIN_FIELDS)
     for entry in METHODS.values():
         keys |= set(_fields(entry.config))
-    return keys
+    return frozenset(keys)
+
+
+@functools.cache
+def defaults(method: str) -> dict[str, Any]:
+    """Every argument a method's job takes, with its default (None for required ones)."""
+    out: dict[str, Any] = {}
+    for key, f in {**TRAIN_FIELDS, **method_fields(method)}.items():
+        if f.default is not dataclasses.MISSING:
+            out[key] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[key] = f.default_factory()
+    return out
+
+
+def identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What makes a job the job it is: its resolved arguments less those equal to their
+    defaults. Writing `seed: 42` (the default) or leaving it out is the same job, and a new
+    argument added to a method with a default changes no existing job."""
+    base = defaults(resolved["method"])
+    return {k: v for k, v in resolved.items()
+            if k not in base or type(base[k]) is not type(v) or base[k] != v}
 
 
 def suggest(word: str, options) -> str:
@@ -362,7 +392,12 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"{value!r} is not a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(key, f"{value!r} is not a finite number")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(key, f"{value!r} is not true or false")
@@ -380,6 +415,8 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ConfigError(key, f"{value!r} is not a list of fractions")
         value = tuple(float(v) for v in value)
+        if not all(math.isfinite(v) for v in value):
+            raise ConfigError(key, f"{list(value)} holds a number that is not finite")
         if any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0 or value[-1] != 1.0:
             raise ConfigError(key, f"{list(value)} must increase strictly within (0, 1] "
                                    "and end at 1.0")
@@ -449,8 +486,7 @@ def build(config: dict[str, Any]) -> tuple[TrainArgs, MethodConfig]:
 
 
 def with_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The full configuration a job runs with: explicit values plus every default."""
-    train, method = build(resolved)
-    full = dataclasses.asdict(train)
-    full.update(dataclasses.asdict(method))
+    """The full configuration a job runs with: explicit values (already validated by
+    `resolve`) plus every default, in the dataclasses' field order."""
+    full = {**defaults(resolved["method"]), **resolved}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}

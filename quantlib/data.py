@@ -6,7 +6,6 @@ the hub's label ids (MNLI: entailment 0, neutral 1, contradiction 2; QNLI/RTE: e
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -14,18 +13,34 @@ from datasets import Dataset, DatasetDict, load_dataset
 
 from quantlib.tasks import Task
 
-csv.field_size_limit(sys.maxsize)
+NO_LABEL = "-"  # MNLI/SNLI's gold_label where the annotators did not agree: no example
 
 
 def _label(task: Task, raw: str, path: Path, line: int) -> float | int:
     raw = raw.strip()
-    if task.is_regression:
-        return float(raw)
-    if task.label_names:
-        if raw not in task.label_names:
-            raise ValueError(f"{path}:{line}: label {raw!r} is not one of {task.label_names}")
-        return task.label_names.index(raw)
-    return int(raw)
+    try:
+        if task.is_regression:
+            return float(raw)
+        if task.label_names:
+            if raw not in task.label_names:
+                raise ValueError
+            return task.label_names.index(raw)
+        return int(raw)
+    except ValueError:
+        allowed = ", ".join(task.label_names) if task.label_names else (
+            "a number" if task.is_regression else "an integer class id")
+        raise ValueError(f"{path}:{line}: label {raw!r} is not one of {allowed}") from None
+
+
+def _lines(path: Path):
+    """(line number, fields) of a GLUE TSV file, read as download_glue_data.py and the GLUE
+    zips leave them: UTF-8 with or without a BOM (MRPC's header starts with one), LF or CRLF,
+    fields split at tabs only (no quoting: STS-B and MNLI hold stray double quotes)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if line or number == 1:
+                yield number, line.split("\t")
 
 
 def read_tsv(task: Task, path: Path) -> Dataset:
@@ -33,28 +48,61 @@ def read_tsv(task: Task, path: Path) -> Dataset:
     columns: dict[str, list] = {"text_a": [], "label": []}
     if len(layout.text_columns) > 1:
         columns["text_b"] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header: list[str] | None = next(rows) if layout.header else None
+    rows = _lines(path)
+    try:
+        header: list[str] | None = next(rows)[1] if layout.header else None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (OSError, StopIteration) as exc:
+        raise ValueError(f"{path}: cannot read ({exc or 'empty file'})") from None
 
-        def col(name: str | int) -> int:
-            if isinstance(name, int):
-                return name
-            assert header is not None
-            if name not in header:
-                raise ValueError(f"{path}: no column {name!r} in the header {header}")
-            return header.index(name)
+    def col(name: str | int) -> int:
+        if isinstance(name, int):
+            return name
+        assert header is not None
+        if name not in header:
+            raise ValueError(f"{path}: no column {name!r} in the header {header}")
+        return header.index(name)
 
-        text_idx = [col(c) for c in layout.text_columns]
-        label_idx = col(layout.label_column)
-        width = max([*text_idx, label_idx]) + 1
-        for line, row in enumerate(rows, start=2 if header else 1):
-            if len(row) < width:  # the QQP/MNLI dumps hold a few broken lines; skip them
+    text_idx = [col(c) for c in layout.text_columns]
+    label_idx = col(layout.label_column)
+    # the row width the file promises: its header's, or CoLA's four columns
+    width = len(header) if header else max([*text_idx, label_idx]) + 1
+    label_last = header is not None and label_idx == len(header) - 1
+    skipped: list[int] = []
+    pending: tuple[int, list[str]] | None = None
+    try:
+        for number, row in rows:
+            if pending is not None:  # QQP: a question broken by a newline continues here
+                first, head = pending
+                joined = head[:-1] + [head[-1] + "\n" + row[0]] + row[1:]
+                if len(joined) < width:
+                    pending = (first, joined)
+                    continue
+                pending = None
+                if len(joined) == width:
+                    number, row = first, joined
+                else:  # no continuation: the fragment is lost, this line stands alone
+                    skipped.append(first)
+            if len(row) < width:
+                pending = (number, row)
+                continue
+            label_raw = row[-1] if label_last and len(row) > width else row[label_idx]
+            if task.label_names and label_raw.strip() == NO_LABEL:
+                skipped.append(number)
                 continue
             columns["text_a"].append(row[text_idx[0]])
             if "text_b" in columns:
                 columns["text_b"].append(row[text_idx[1]])
-            columns["label"].append(_label(task, row[label_idx], path, line))
+            columns["label"].append(_label(task, label_raw, path, number))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                         ) from None
+    if pending is not None:
+        skipped.append(pending[0])
+    if skipped:
+        print(f"quantlib.data: {path}: {len(skipped)} line(s) without a complete example "
+              f"skipped (first: line {skipped[0]})", file=sys.stderr)
     if not columns["label"]:
         raise ValueError(f"{path}: no examples")
     return Dataset.from_dict(columns)

@@ -49,8 +49,8 @@ def error_of(tmp_path, text: str) -> str:
     (GOOD + "resources: {mem: lots}\n", "resources.mem", "not a memory size"),
     (GOOD + "resources: {time: '4:75'}\n", "resources.time", "not a wall time"),
     (GOOD + "resources: {gpu: 1}\n", "resources.gpu", "did you mean 'gpus'"),
-    (GOOD + 'resources: {lsf: {extra: ["-x\\n rm -rf /"]}}\n', "resources.lsf.extra",
-     "one non-empty line"),
+    (GOOD + 'resources: {lsf: {extra: ["-x\\n rm -rf /"]}}\n', "resources.lsf.extra[0]",
+     "control character"),
     ("name: 'bad name'\ngrid: {task: [mrpc]}\n", "name", "A-Z a-z 0-9"),
 ])
 def test_spec_errors_name_file_and_key(tmp_path, text, key, fragment):
