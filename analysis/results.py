@@ -241,4 +241,58 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                     runs[key] = run
     _merge_mm(runs)
     ordered = sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
-    return Collection(ordered, list(sweeps.values()), reader.problems)
+    return Collection(_once(ordered, reader), list(sweeps.values()), reader.problems)
+
+
+def _identities(run: Run) -> list[str]:
+    """What makes two of our runs the same job: the same job id, or the same whole
+    configuration (less bookkeeping). Other tools' runs carry no configuration to compare."""
+    if run.source != OURS:
+        return []
+    keys = ["id:" + run.job_id] if run.job_id else []
+    if run.config:
+        keys.append("config:" + json.dumps(run.config, sort_keys=True, default=str))
+    return keys
+
+
+def _rank(run: Run) -> tuple:
+    """Which copy of a job counts: a completed one with results, then the newest."""
+    try:
+        mtime = (run.output_dir / STATUS).stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return (run.state == "completed" and bool(run.metrics), mtime)
+
+
+def _once(runs: list[Run], reader: _Reader) -> list[Run]:
+    """Every job counted once: the same job (same id, or the same full configuration) found in
+    two directories (a sweep copied, a directory renamed by a spec edit) is one run; the copies
+    not counted are reported."""
+    parent = list(range(len(runs)))  # union-find over shared ids and configurations
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, run in enumerate(runs):
+        for key in _identities(run):
+            j = first.setdefault(key, i)
+            parent[root(i)] = root(j)
+    by_identity: dict[int, list[Run]] = {}
+    for i, run in enumerate(runs):
+        by_identity.setdefault(root(i), []).append(run)
+    dropped: set[int] = set()
+    for copies in by_identity.values():
+        if len(copies) < 2:
+            continue
+        keep = max(copies, key=_rank)
+        for run in copies:
+            if run is not keep:
+                dropped.add(id(run))
+                reader.warn(run.output_dir, f"the same job as {keep.output_dir} (job "
+                                            f"{keep.job_id or 'with the same configuration'}): "
+                                            "counted once, there")
+    return [r for r in runs if id(r) not in dropped]

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--max-parallel", type=int, default=None,
                     help="local: jobs at once (default: visible GPUs / GPUs per job, 1 on CPU)")
     la.add_argument("--sweep-dir", default=None, help="override the spec's sweep_dir")
+    la.add_argument("--no-prefetch", action="store_true",
+                    help="do not fetch models and datasets into the Hugging Face cache at launch; "
+                    "each job resolves its own (needs the hub on the compute nodes)")
     la.add_argument("--max-jobs", type=int, default=None, metavar="N",
                     help="refuse specs that expand to more jobs (default: the spec's "
                     "max_jobs, else 100,000)")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError("--max-jobs: must be at least 1")
             return launch(args.spec, args.backend, dry=args.dry_run, force=args.force,
                           max_parallel=args.max_parallel, sweep_dir=args.sweep_dir,
-                          max_jobs=args.max_jobs)
+                          max_jobs=args.max_jobs, prefetch=not args.no_prefetch)
         if args.command in ("status", "cancel", "logs"):
             from jobs import manage
 

@@ -99,16 +99,18 @@ def dependency_parameters(backend: str, res: Resources, after: str) -> dict[str,
 
 
 def submit(backend: str, folder: Path, name: str, res: Resources,
-           items: list[tuple[str, str | None]], code: Path) -> list[Any]:
+           items: list[tuple[str, str | None]], code: Path,
+           env: list[str] | None = None) -> list[Any]:
     """Submit one job per (config, dependency), running the code snapshot `code`: those without
     a dependency as one array, each other one on its own, waiting for its dependency (a
-    scheduler id). Returns submitit jobs in the same order."""
+    scheduler id). `env`: the shell lines to run first (default: the spec's exports and setup).
+    Returns submitit jobs in the same order."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     from jobs.snapshot import pythonpath_line
     from quantlib.run import run_config
 
-    setup = [*res.shell_lines(), pythonpath_line(code)]
+    setup = [*(res.shell_lines() if env is None else env), pythonpath_line(code)]
     free = [c for c, dep in items if dep is None]
     try:
         out: dict[int, Any] = {}

@@ -112,6 +112,22 @@ def _key_source(spec: Spec, stage: Stage, prefix: str, key: str, source: str,
     return prefix + key if prefix else key
 
 
+def where_from(spec: Spec, job: Job, key: str) -> str:
+    """The spec key a job's argument came from: `grid.model_name_or_path`, `include[2].x`,
+    `stages[1].base.x`, `base.x`, or the bare key for a default."""
+    k = next((i for i, st in enumerate(spec.stages) if st.name == job.stage), 0)
+    stage = spec.stages[k]
+    prefix = f"stages[{k}]." if spec.staged else ""
+    m = re.search(r"include\[(\d+)\]$", job.source)
+    if m and int(m.group(1)) < len(stage.include):
+        point = dict(stage.include[int(m.group(1))])
+    else:
+        point = {a: None for a in stage.grid}
+        for group in stage.zips:
+            point.update({a: None for a in group})
+    return _key_source(spec, stage, prefix, key, job.source, point)
+
+
 def _safe(value: Any) -> str:
     """A value as one path component: no separator, never '.' or '..'."""
     text = re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-")[:80]

@@ -16,6 +16,7 @@ from jobs.manage import rel_path, states
 from jobs.safeyaml import control_char
 from jobs.scripts import (
     dependency_option,
+    env_lines,
     label,
     render_arrays,
     render_local,
@@ -66,7 +67,8 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
 
 def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = False,
            max_parallel: int | None = None, sweep_dir: str | None = None,
-           max_jobs: int | None = None, out: IO[str] | None = None) -> int:
+           max_jobs: int | None = None, prefetch: bool = True,
+           out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     spec = load_spec(spec_path)
     if sweep_dir:
@@ -79,6 +81,7 @@ def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = Fal
         if bad:
             raise UserError(f"{what} {value!r} holds the control character {bad!r}: job "
                             "scripts cannot name it safely")
+    spec.offline = prefetch
     jobs = expand(spec)
     if dry:
         return dry_run(spec, jobs, backend, out)
@@ -107,6 +110,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
             print(f"sweep {spec.name}: nothing to submit ({done} completed, {len(queued)} "
                   f"queued or running)", file=out)
             return 0
+        _prefetch(spec, todo)
         configs = write_configs(spec, todo, sweep_dir)
         # a later-stage job waits for its parent when the parent is submitted now or still
         # queued / running; a queued job whose parent is resubmitted waits for a failed id:
@@ -132,7 +136,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
             handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
                                      spec.resources, [(str(configs[j.id]), d)
                                                       for j, d in zip(stage_jobs, deps)],
-                                     snapshot(sweep_dir))
+                                     snapshot(sweep_dir), env_lines(spec))
             for j, h, d in zip(stage_jobs, handles, deps):
                 new_ids[j.id] = h.job_id
                 submitted.append((j, h, d))
@@ -171,6 +175,15 @@ def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],
     return None
 
 
+def _prefetch(spec: Spec, todo: list[Job]) -> None:
+    """Models and datasets into the Hugging Face cache before any job runs (not with
+    --no-prefetch: then each job resolves its own, online)."""
+    if spec.offline:
+        from jobs.prefetch import prefetch
+
+        prefetch(spec, todo)
+
+
 def _by_stage(spec: Spec, jobs: list[Job]) -> list[list[Job]]:
     """Jobs grouped by stage, in stage order (empty stages left out)."""
     groups = [[j for j in jobs if j.stage == st.name] for st in spec.stages]
@@ -205,6 +218,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
               flush=True)
         if not todo:
             return 0
+        _prefetch(spec, todo)
         for job in todo:  # queued here; `sweep status` shows them pending while we run
             ledger.jobs[job.id].update(state="pending", backend="local")
         ledger.save()

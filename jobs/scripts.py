@@ -76,10 +76,22 @@ def label(spec: Spec, job: Job) -> str:
     return f"{job.stage}: {text}" if job.stage else text
 
 
+def env_lines(spec: Spec) -> list[str]:
+    """Shell lines every job script runs first, on every backend: the spec's exports and setup
+    lines, then (when the launch fetched models and datasets) offline hub access."""
+    lines = spec.resources.shell_lines()
+    if spec.offline:
+        from jobs.prefetch import OFFLINE_ENV
+
+        lines.append("export " + " ".join(f"{k}={v}" for k, v in OFFLINE_ENV.items())
+                     + "  # fetched at launch: read from the cache")
+    return lines
+
+
 def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
     return {"sweep": spec.name, "spec_path": str(Path(spec.path).absolute()),
             "workdir": str(Path.cwd()), "python": spec.resources.python or sys.executable,
-            "res": spec.resources,
+            "res": spec.resources, "env_lines": env_lines(spec),
             "log_dir": str(sweep_dir / "logs"), "code": str(snapshot(sweep_dir))}
 
 

@@ -65,6 +65,7 @@ class Spec:
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
     max_jobs: int = 100_000  # a grid that would expand to more jobs is refused unexpanded
+    offline: bool = False  # jobs read models and datasets from the cache (fetched at launch)
 
     @property
     def staged(self) -> bool:
