@@ -8,9 +8,11 @@ import gc
 import io
 from pathlib import Path
 
+from analysis import safe_text
 from analysis.baselines import collapse_reason
 from analysis.measurements import build_blocks
 from analysis.results import find_runs
+from analysis.safe_text import csv_cell
 from analysis.summary import summarize
 from analysis.tables import tidy
 from jobs.atomic import write_text
@@ -57,16 +59,17 @@ def _collect(paths: list[str], to: str, output: str | None,
     elif to == "md":
         from analysis.markdown import render
 
-        write_text(out, render(summarize(blocks), states))
+        write_text(out, safe_text.text(render(summarize(blocks), states)))
     elif to == "html":
         from analysis.report import render as render_html
 
-        write_text(out, render_html(collection, blocks, summarize(blocks), header, rows, states))
+        write_text(out, safe_text.text(render_html(collection, blocks, summarize(blocks), header,
+                                                   rows, states)))
     else:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        writer.writerow([csv_cell(h) for h in header])
+        writer.writerows([[csv_cell(v) for v in row] for row in rows])
         write_text(out, buf.getvalue())
     collapsed = [r for r in runs if r.metrics and collapse_reason(r.task, r.metrics)]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))

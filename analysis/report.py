@@ -28,7 +28,9 @@ def _mix(a: tuple[int, ...], b: tuple[int, ...], t: float) -> str:
 def colour(value: float, values: list[float]) -> str:
     """Excel's three-colour scale: red at the column's minimum, yellow at its median, green at
     its maximum."""
-    ordered = sorted(values)
+    ordered = sorted(v for v in values if math.isfinite(v))
+    if not ordered or not math.isfinite(value):
+        return ""  # NaN or infinite: no colour (Excel's scale skips them too)
     lo, hi = ordered[0], ordered[-1]
     mid = ordered[len(ordered) // 2] if len(ordered) % 2 else (
         ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2

@@ -17,6 +17,7 @@ from typing import Any
 
 from analysis.formats import MM_SUFFIX, BadFile, read_foreign, result_files, split_eval
 from analysis.naming import SEED_PATTERN, Pattern, compile_pattern, task_name
+from analysis.safe_text import text
 from jobs.errors import UserError
 from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
 
@@ -241,7 +242,34 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                     runs[key] = run
     _merge_mm(runs)
     ordered = sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
-    return Collection(_once(ordered, reader), list(sweeps.values()), reader.problems)
+    runs_once = [_clean(r) for r in _once(ordered, reader)]
+    problems = [(text(p), text(why)) for p, why in reader.problems]
+    clean_sweeps = [Sweep(text(s.name), text(s.spec_path),
+                          None if s.spec_text is None else text(s.spec_text))
+                    for s in sweeps.values()]
+    return Collection(runs_once, clean_sweeps, problems)
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {text(str(k)): _clean_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_value(v) for v in value]
+    return value
+
+
+def _clean(run: Run) -> Run:
+    """A run whose every string can go into any output: names that are not UTF-8 and control
+    characters escaped (analysis.safe_text). Files are not read again after this."""
+    run.output_dir = Path(text(str(run.output_dir)))
+    run.config = _clean_value(run.config)
+    run.info = _clean_value(run.info)
+    run.metrics = {text(k): v for k, v in run.metrics.items()}
+    run.reason = None if run.reason is None else text(str(run.reason))
+    run.sweep, run.job_id, run.source = text(run.sweep), text(run.job_id), text(run.source)
+    return run
 
 
 def _identities(run: Run) -> list[str]:

@@ -20,6 +20,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from analysis.measurements import ROWS, Block, sheet_rows
+from analysis.safe_text import harden_workbook
 from analysis.summary import TaskSummary
 from analysis.tables import LEAD, TAIL
 
@@ -222,6 +223,7 @@ def build_workbook(blocks: list[Block], summaries: list[TaskSummary], header: li
     _runs(wb.create_sheet("runs"), header, rows)
     if settings:
         _settings(wb.create_sheet("settings"), settings)
+    harden_workbook(wb)
     return wb
 
 

@@ -95,6 +95,10 @@ class _ClosedPipeSafe:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not isinstance(sys.stdout, _ClosedPipeSafe):
+        try:  # file names that are not UTF-8 print as escapes, not as a traceback
+            sys.stdout.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
         sys.stdout = _ClosedPipeSafe(sys.stdout)
     try:
         if args.command == "launch":

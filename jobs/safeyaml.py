@@ -77,10 +77,11 @@ def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) 
             continue
         key = loader.construct_object(key_node, deep=True)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            first = seen.get(key)
         except TypeError:  # an unhashable key: the constructor says so below
             continue
-        if first != key_node.start_mark.line + 1:
+        seen[key] = key_node.start_mark.line + 1
+        if first is not None:
             raise YamlRefused(f"line {key_node.start_mark.line + 1}",
                               f"duplicate key {key!r} (first on line {first}); YAML would "
                               "keep only the last one")
