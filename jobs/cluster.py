@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import UserError
-from jobs.resources import Resources
+from jobs.resources import MAX_ARRAY, Resources
 
 SUBMITIT_DIR = "submitit"  # under the sweep directory: pickles, submission scripts, logs
 COMMANDS = {"slurm": "sbatch", "lsf": "bsub"}
@@ -116,8 +116,14 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
         out: dict[int, Any] = {}
         if free:
             executor = make_executor(backend, folder, name, res, setup)
-            handles = ([executor.submit(run_config, free[0])] if len(free) == 1
-                       else executor.map_array(run_config, free))
+            handles = []
+            # SLURM's MaxArraySize defaults to 1001 and submitit sends one array per call: at
+            # most MAX_ARRAY elements each (our LSF plugin chunks by itself, the same way)
+            step = MAX_ARRAY if backend == "slurm" else max(1, len(free))
+            for start in range(0, len(free), step):
+                chunk = free[start:start + step]
+                handles += ([executor.submit(run_config, chunk[0])] if len(chunk) == 1
+                            else executor.map_array(run_config, chunk))
             it = iter(handles)
             out.update({i: next(it) for i, (_, dep) in enumerate(items) if dep is None})
         for i, (config, dep) in enumerate(items):

@@ -10,6 +10,8 @@ from typing import Any
 from jobs.errors import SpecError
 from quantlib.configs import suggest
 
+MAX_ARRAY = 1000  # elements per job array: LSF's MAX_JOB_ARRAY_SIZE default (SLURM's
+# MaxArraySize default is 1001); dry runs render and launches submit chunks of this size
 MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 TIME_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\s*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")

@@ -14,12 +14,11 @@ import jinja2
 
 from jobs.atomic import write_text
 from jobs.grid import MARKER, Job, describe
-from jobs.resources import Resources
+from jobs.resources import MAX_ARRAY, Resources
 from jobs.snapshot import snapshot
 from jobs.spec import Spec
 from quantlib.configs import with_defaults
 
-MAX_ARRAY = 1000  # LSF MAX_JOB_ARRAY_SIZE default; SLURM MaxArraySize default is 1001
 PATH_KEYS = ("data_dir",)
 MAYBE_PATH_KEYS = ("model_name_or_path", "tokenizer_name", "teacher_name_or_path")
 

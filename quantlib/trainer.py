@@ -232,6 +232,8 @@ def train_stages(ctx: JobContext, stage_epochs: list[float],
     result = trainer.train(resume_from_checkpoint=last)
     if preemption.REQUEST.requested:
         raise preemption.Preempted(trainer.state.global_step, preemption.REQUEST.signal_name)
+    ctx.info["device"] = (torch.cuda.get_device_name(trainer.args.device)
+                          if trainer.args.device.type == "cuda" else trainer.args.device.type)
     ctx.info["train_loss"] = float(result.training_loss)
     ctx.info["train_steps"] = int(result.global_step)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints served their turn

@@ -118,7 +118,8 @@ def scenario(env, tmp_path, tiny_model, demo_task, backend):
     spec = write_spec(tmp_path, SPEC.format(name=name, model=tiny_model, data=demo_task,
                                             missing=tmp_path / "missing"))
     start = time.monotonic()
-    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    # --no-prefetch: the job with a missing data_dir must reach the cluster and fail there
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
     assert launched.returncode == 0, launched.stderr
     assert time.monotonic() - start < 30  # returns once submitted, not when done
     assert f"submitted 4 jobs to {backend.upper()}" in launched.stdout
@@ -127,7 +128,7 @@ def scenario(env, tmp_path, tiny_model, demo_task, backend):
                                           4: "failed"})
     assert "data_dir" in rows[4][7]  # the failure's reason, from the job's status.json
     assert all(rows[s][4] != "-" for s in rows)  # scheduler ids recorded
-    again = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    again = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
     assert "nothing to submit" not in again.stdout  # the failed job goes again ...
     assert "submitted 1 jobs" in again.stdout and "1 queued or running" in again.stdout
     cancelled = cli(env, tmp_path, "cancel", name, "--where", "seed=3")
@@ -300,7 +301,7 @@ def test_a_refused_submission_is_a_one_line_error(lsf_env, tmp_path, tiny_model,
     spec = write_spec(tmp_path, SPEC.format(name="refused", model=tiny_model, data=demo_task,
                                             missing="m")
                       .replace("time: 20}", "time: 20, lsf: {extra: ['-Z bogus']}}"))
-    proc = cli(lsf_env, tmp_path, "launch", str(spec), "--backend", "lsf")
+    proc = cli(lsf_env, tmp_path, "launch", str(spec), "--backend", "lsf", "--no-prefetch")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("sweep: error: --backend lsf: `bsub` refused the submission:")
@@ -348,7 +349,8 @@ def staged_scenario(env, tmp_path, tiny_model, demo_task, backend, never: str):
     spec = write_spec(tmp_path, STAGED.format(name=name, model=tiny_model, data=demo_task,
                                               missing=tmp_path / "missing"))
     start = time.monotonic()
-    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
+    # --no-prefetch: the job with a missing data_dir must reach the cluster and fail there
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
     assert launched.returncode == 0, launched.stderr
     assert time.monotonic() - start < 30  # submitted, not run
     assert "submitted 4 jobs" in launched.stdout

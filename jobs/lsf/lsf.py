@@ -28,10 +28,9 @@ from pathlib import Path
 
 from submitit.core import core, job_environment, logger, utils
 
-from jobs.resources import LsfOptions, Resources
+from jobs.resources import MAX_ARRAY, LsfOptions, Resources
 from quantlib.preemption import REQUEUE
 
-MAX_ARRAY = 1000  # MAX_JOB_ARRAY_SIZE default
 # LSF STAT -> the state names submitit understands (unfinished: PENDING, RUNNING, UNKNOWN, ...)
 STATES = {"PEND": "PENDING", "PROV": "PENDING", "WAIT": "PENDING", "PSUSP": "PENDING",
           "RUN": "RUNNING", "USUSP": "RUNNING", "SSUSP": "RUNNING",
