@@ -100,7 +100,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
     sweep_dir = Path(spec.sweep_dir).absolute()
     ledger = Ledger(sweep_dir)
     with ledger.locked():  # no local launch runs meanwhile: we hold its lock
-        ledger.register(spec.name, spec.path, jobs)
+        jobs = ledger.register(spec.name, spec.path, jobs, force)
         resolved = states(ledger, launcher_active=False)
         queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")]
         todo = [j for j in jobs if j not in queued
@@ -203,7 +203,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
     if max_parallel is None:
         max_parallel = max(1, len(pool) // res.gpus) if pool else 1
     with ledger.locked():
-        ledger.register(spec.name, spec.path, jobs)
+        jobs = ledger.register(spec.name, spec.path, jobs, force)
         resolved = states(ledger, launcher_active=False)  # we hold the launch lock
         todo = [j for j in jobs if force or resolved[j.id][0] != "completed"]
         done = len(jobs) - len(todo)

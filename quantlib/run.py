@@ -54,7 +54,9 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
     return results, ctx.info
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reraise: bool = False) -> int:
+    """Run one job; the exit status says how it ended. reraise: a failure's exception goes to
+    the caller (submitit, which logs its traceback) instead of being printed here: once."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m quantlib.run CONFIG.json", file=sys.stderr)
@@ -95,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                      elapsed_s=round(time.monotonic() - start, 1))
         return 143
     except Exception as exc:  # the job fails; the reason goes to status.json, the trace to the log
-        traceback.print_exc()
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         write_status(out_dir, "failed", reason=reason, ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1))
+        if reraise:
+            raise
+        traceback.print_exc()
         return 1
     write_results(out_dir, config["task"], results, info)
     write_status(out_dir, "completed", reason=None, ended=now(),
@@ -121,8 +125,8 @@ def run_config(config_path: str) -> dict:
 
         rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc_per_node={nproc}", "-m", "quantlib.run", config_path])
-    else:
-        rc = main([config_path])
+    else:  # a failure raises its own exception: submitit logs its traceback, once
+        rc = main([config_path], reraise=True)
     if rc == preemption.REQUEUE:
         import submitit
 

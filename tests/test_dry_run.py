@@ -76,7 +76,7 @@ resources:
   mem: 32G
   time: 90
   queue: gpu
-  project: "proj a"
+  project: "proj-a"
   array_parallelism: 4
   slurm: {constraint: a100, extra: ["--exclusive"]}
 """)
@@ -86,7 +86,7 @@ resources:
     lines = (tmp_path / "runs/sl/scripts/slurm_array_1.sh").read_text().splitlines()
     for want in ("#SBATCH --array=0-5%4", "#SBATCH --time=01:30:00", "#SBATCH --mem=32768M",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
-                 "#SBATCH --account='proj a'", "#SBATCH --constraint=a100",
+                 "#SBATCH --account=proj-a", "#SBATCH --constraint=a100",
                  "#SBATCH --exclusive", "#SBATCH --signal=USR2@90"):
         assert want in lines, want
     assert any(line.strip().startswith("0) JOB_ID=") for line in lines)
@@ -114,12 +114,17 @@ def test_quoting_of_spec_values(tmp_path):
 name: q
 grid: {task: [rte], method: [fp32]}
 base: {model_name_or_path: "x'; touch pwned; echo '"}
-resources: {queue: "a b; touch pwned2"}
+resources: {queue: "gpu.4h"}
 """)
     proc = sweep_cli("launch", str(spec), "--backend", "lsf", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "runs/q/scripts/lsf_array_1.sh").read_text()
-    assert "#BSUB -q 'a b; touch pwned2'" in text
+    assert "#BSUB -q gpu.4h" in text
+    refused = write_spec(tmp_path, "name: q\ngrid: {task: [rte], method: [fp32]}\n"
+                                   "resources: {queue: 'a b; touch pwned2'}\n", name="r.yaml")
+    proc = sweep_cli("launch", str(refused), "--backend", "lsf", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "resources.queue: 'a b; touch pwned2' is not a scheduler " \
+        "name" in proc.stderr
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)

@@ -120,7 +120,8 @@ name: broken
 grid: {{task: [sst2], method: [fp32]}}
 base: {{model_name_or_path: {tiny_model}, data_dir: {tmp_path}/no-such-dir}}
 """)
-    first = sweep_cli("launch", str(spec), cwd=tmp_path)
+    # --no-prefetch: the missing data_dir reaches the job (else the launch refuses it)
+    first = sweep_cli("launch", str(spec), "--no-prefetch", cwd=tmp_path)
     assert first.returncode == 1
     assert "0 completed, 1 failed" in first.stdout
     assert "failed:" in first.stdout and "FileNotFoundError" in first.stdout
@@ -130,7 +131,7 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {tmp_path}/no-such-dir}}
     assert "no-such-dir is not a directory" in entry["reason"]
     status = json.loads((Path(entry["output_dir"]) / "status.json").read_text())
     assert status["state"] == "failed"
-    second = sweep_cli("launch", str(spec), cwd=tmp_path)
+    second = sweep_cli("launch", str(spec), "--no-prefetch", cwd=tmp_path)
     assert "0 already completed" in second.stdout and "1 to run" in second.stdout
     entry = next(iter(json.loads((tmp_path / "runs/broken/ledger.json").read_text())
                       ["jobs"].values()))

@@ -85,3 +85,30 @@ def test_relaunch_after_an_edit_runs_only_the_new_job(tmp_path, tiny_model, demo
     assert counts == [1, 1, 1], counts  # three blocks, none averaged with another
     assert "learning_rate" in header or "learning_rate" in [
         c.value for c in wb["settings"]["A"]]
+
+
+def test_a_job_recorded_under_an_earlier_id_is_not_run_again(tmp_path, tiny_model, demo_task):
+    """A sweep launched by an earlier version (another id rule, another directory name): the
+    relaunch finds the completed job by its configuration and keeps it where it ran."""
+    spec = write_spec(tmp_path, BASE.format(model=tiny_model, data=demo_task)
+                      .replace("[5.0e-4, 1.0e-3]", "[5.0e-4]"))
+    assert sweep_cli("launch", str(spec), cwd=tmp_path).returncode == 0
+    path = tmp_path / "runs/edit/ledger.json"
+    data = json.loads(path.read_text())
+    (jid, entry), = data["jobs"].items()
+    old_dir = tmp_path / "runs/edit/jobs/task=sst2_lr-old"
+    (tmp_path / entry["output_dir"]).rename(old_dir)
+    entry["output_dir"] = str(old_dir)
+    data["jobs"] = {"0ldid00000": entry}
+    path.write_text(json.dumps(data))
+    again = sweep_cli("launch", str(spec), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "1 already completed" in again.stdout and "0 to run" in again.stdout
+    data = json.loads(path.read_text())
+    assert list(data["jobs"]) == [jid]
+    assert data["jobs"][jid]["output_dir"] == str(old_dir)
+    assert data["jobs"][jid]["adopted_from"] == "0ldid00000"
+    status = sweep_cli("status", "runs/edit", cwd=tmp_path)
+    assert "1 jobs: 1 completed" in status.stdout
+    forced = sweep_cli("launch", str(spec), "--force", cwd=tmp_path)  # --force: run anew
+    assert forced.returncode == 0 and "1 to run" in forced.stdout

@@ -196,7 +196,7 @@ def test_a_failed_first_stage_never_starts_its_second(tmp_path, assets):
                                                        str(tmp_path / "no-such-model")]}
     raw["stages"][1]["grid"] = {"quant_mode": ["ft1"]}
     raw["name"] = "fails"
-    proc = launch(tmp_path, raw)
+    proc = launch(tmp_path, raw, "--no-prefetch")  # the missing model fails its job
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 skipped (previous stage failed)" in proc.stdout
     jobs = ledger(tmp_path / "fails")
@@ -214,7 +214,7 @@ def test_a_failed_first_stage_never_starts_its_second(tmp_path, assets):
     row = rows[by_state["skipped"][0]]
     assert row[5] == "skipped" and row[-2:] == ["ptq", skipped["after"]], row
     # relaunch: the failed job runs again (and fails), the completed branch is not rerun
-    proc = launch(tmp_path, raw)
+    proc = launch(tmp_path, raw, "--no-prefetch")
     assert "2 already completed" in proc.stdout and proc.returncode == 1
 
 
