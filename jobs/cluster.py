@@ -64,6 +64,15 @@ def require(backend: str) -> None:
                         f"{backend.upper()} login node, or use --dry-run to render the scripts")
 
 
+class PartialSubmission(UserError):
+    """The scheduler refused a submission; `submitted` maps the positions of the items it
+    had already taken to their jobs (they are queued: the caller must record them)."""
+
+    def __init__(self, message: str, submitted: dict[int, Any]):
+        super().__init__(message)
+        self.submitted = submitted
+
+
 def _python(res: Resources) -> str | None:
     """The interpreter the job runs (resources.python, quoted), or None for submitit's default:
     the one that launches."""
@@ -111,21 +120,19 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
     from quantlib.run import run_config
 
     setup = [*(res.shell_lines() if env is None else env), pythonpath_line(code)]
-    free = [c for c, dep in items if dep is None]
+    free = [i for i, (_, dep) in enumerate(items) if dep is None]
+    out: dict[int, Any] = {}
     try:
-        out: dict[int, Any] = {}
         if free:
             executor = make_executor(backend, folder, name, res, setup)
-            handles = []
-            # SLURM's MaxArraySize defaults to 1001 and submitit sends one array per call: at
-            # most MAX_ARRAY elements each (our LSF plugin chunks by itself, the same way)
-            step = MAX_ARRAY if backend == "slurm" else max(1, len(free))
-            for start in range(0, len(free), step):
-                chunk = free[start:start + step]
-                handles += ([executor.submit(run_config, chunk[0])] if len(chunk) == 1
-                            else executor.map_array(run_config, chunk))
-            it = iter(handles)
-            out.update({i: next(it) for i, (_, dep) in enumerate(items) if dep is None})
+            # one array per MAX_ARRAY jobs (SLURM's MaxArraySize defaults to 1001, LSF's
+            # MAX_JOB_ARRAY_SIZE to 1000), each recorded as soon as the scheduler has it
+            for start in range(0, len(free), MAX_ARRAY):
+                chunk = free[start:start + MAX_ARRAY]
+                configs = [items[i][0] for i in chunk]
+                handles = ([executor.submit(run_config, configs[0])] if len(chunk) == 1
+                           else executor.map_array(run_config, configs))
+                out.update(zip(chunk, handles))
         for i, (config, dep) in enumerate(items):
             if dep is not None:
                 executor = make_executor(backend, folder, name, res, setup)
@@ -134,8 +141,8 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
         return [out[i] for i in range(len(items))]
     except (FailedSubmissionError, FailedJobError, OSError) as exc:
         detail = " ".join(str(exc).split())[:300]
-        raise UserError(f"--backend {backend}: `{COMMANDS[backend]}` refused the "
-                        f"submission: {detail}") from None
+        raise PartialSubmission(f"--backend {backend}: `{COMMANDS[backend]}` refused the "
+                                f"submission: {detail}", out) from None
 
 
 def job_handle(backend: str, folder: Path, scheduler_id: str):

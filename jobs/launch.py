@@ -131,22 +131,31 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
             queued = [j for j in queued if j not in stale]
         new_ids: dict[str, str] = {}
         submitted: list[tuple[Job, object, str | None]] = []
-        for stage_jobs in _by_stage(spec, todo):
-            deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
-            handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
-                                     spec.resources, [(str(configs[j.id]), d)
-                                                      for j, d in zip(stage_jobs, deps)],
-                                     snapshot(sweep_dir), env_lines(spec))
-            for j, h, d in zip(stage_jobs, handles, deps):
-                new_ids[j.id] = h.job_id
-                submitted.append((j, h, d))
-        for job, handle, dep in submitted:
-            entry = ledger.jobs[job.id]
-            entry.update(state="submitted", backend=backend, scheduler_id=handle.job_id,
-                         submitted=now(), attempts=entry.get("attempts", 0) + 1,
-                         exit_status=None, reason=None, log=str(handle.paths.stdout),
-                         after=job.after, waits_for=dep)
-        ledger.save()
+        try:
+            for stage_jobs in _by_stage(spec, todo):
+                deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
+                items = [(str(configs[j.id]), d) for j, d in zip(stage_jobs, deps)]
+                try:
+                    handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR,
+                                             spec.name, spec.resources, items,
+                                             snapshot(sweep_dir), env_lines(spec))
+                except cluster.PartialSubmission as exc:  # what the scheduler took is queued
+                    submitted += [(stage_jobs[i], h, deps[i])
+                                  for i, h in sorted(exc.submitted.items())]
+                    raise UserError(f"{exc}" + (f" ({len(submitted)} jobs submitted before "
+                                                "that are recorded; relaunch to submit the "
+                                                "rest)" if submitted else "")) from None
+                for j, h, d in zip(stage_jobs, handles, deps):
+                    new_ids[j.id] = h.job_id
+                    submitted.append((j, h, d))
+        finally:  # recorded even when a later submission was refused: never submitted twice
+            for job, handle, dep in submitted:
+                entry = ledger.jobs[job.id]
+                entry.update(state="submitted", backend=backend, scheduler_id=handle.job_id,
+                             submitted=now(), attempts=entry.get("attempts", 0) + 1,
+                             exit_status=None, reason=None, log=str(handle.paths.stdout),
+                             after=job.after, waits_for=dep)
+            ledger.save()
     arrays = sorted({h.job_id.split("_")[0] for _, h, _ in submitted})
     waiting = sum(1 for _, _, d in submitted if d)
     print(f"sweep {spec.name}: submitted {len(todo)} jobs to {backend.upper()} "

@@ -420,3 +420,97 @@ def test_slurm_staged_sweep_waits_with_afterok(slurm, tmp_path, tiny_model, demo
                     f"afterok:{(first - {array + '_0'}).pop()}"}, deps
     assert all("#SBATCH --kill-on-invalid-dep=yes" in p.read_text() for p in scripts
                if "--dependency" in p.read_text())
+
+
+TEN_THOUSAND = """
+name: big
+grid: {{task: [rte], method: [fp32], seed: 1..10000}}
+resources: {{cpus: 1, mem: 1000, time: 20, {hold}}}
+"""
+
+
+def submissions_of_10000(env, tmp_path, backend, hold):
+    """10,000 jobs go out as 10 arrays of 1,000 (held, never run), and are cancelled."""
+    spec = write_spec(tmp_path, TEN_THOUSAND.format(hold=hold))
+    start = time.monotonic()
+    proc = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted 10000 jobs" in proc.stdout, proc.stdout
+    ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+    arrays = {e["scheduler_id"].split("_")[0] for e in ledger.values()}
+    assert len(ledger) == 10000 and len(arrays) == 10, sorted(arrays)
+    counts = sorted(sum(1 for e in ledger.values() if e["scheduler_id"].startswith(a + "_"))
+                    for a in arrays)
+    assert counts == [1000] * 10
+    return sorted(arrays), elapsed
+
+
+def test_lsf_10000_jobs_in_10_submissions(lsf_env, tmp_path):
+    arrays = []
+    try:
+        arrays, elapsed = submissions_of_10000(lsf_env, tmp_path, "lsf", "lsf: {extra: [-H]}")
+        scripts = list((tmp_path / "lsf-state" / "jobs").glob("*.sh"))
+        assert len(scripts) == 10  # ten bsub calls
+        assert all('#BSUB -J "big[1-1000]"' in p.read_text() for p in scripts)
+        out = subprocess.run(["bjobs", "-a", "-o", "jobid jobindex stat exit_code", "-json",
+                              arrays[0]], env=lsf_env, capture_output=True, text=True)
+        stats = {r["STAT"] for r in json.loads(out.stdout)["RECORDS"]}
+        assert stats == {"PSUSP"}  # held: nothing ran
+    finally:
+        if arrays:
+            subprocess.run(["bkill", *arrays], env=lsf_env, capture_output=True)
+
+
+def test_slurm_10000_jobs_in_10_submissions(slurm, tmp_path):
+    arrays = []
+    try:
+        arrays, elapsed = submissions_of_10000(slurm, tmp_path, "slurm",
+                                               "slurm: {extra: [--hold]}")
+        scripts = [(tmp_path / "runs/big/submitit" / f"{a}_submission.sh").read_text()
+                   for a in arrays]  # submitit's copy of what each sbatch received
+        assert all("#SBATCH --array=0-999%" in s and "#SBATCH --hold" in s for s in scripts)
+        squeue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %r", "-j", ",".join(arrays)],
+                                env=slurm, capture_output=True, text=True)
+        reasons = {line.split()[1] for line in squeue.stdout.splitlines() if line.strip()}
+        assert reasons and reasons <= {"JobHeldUser", "JobHeldAdmin"}, squeue.stdout[:300]
+    finally:
+        if arrays:
+            subprocess.run(["scancel", *arrays], env=slurm, capture_output=True)
+
+
+def test_a_submission_refused_midway_keeps_what_was_submitted(lsf_env, tmp_path):
+    """1,001 jobs: the first array (1,000) is taken, the second bsub is refused (as a site's
+    esub may refuse a job: "Request aborted by esub. Job not submitted."). The 1,000 are in the
+    ledger; the relaunch submits the one left, never the 1,000 again."""
+    wrapper = tmp_path / "bin"
+    wrapper.mkdir()
+    calls = tmp_path / "bsub-calls"
+    (wrapper / "bsub").write_text(f"""#!/bin/bash
+n=$(($(cat {calls} 2>/dev/null || echo 0) + 1)); echo $n > {calls}
+if [ "$n" = 2 ]; then echo "Request aborted by esub. Job not submitted." >&2; exit 255; fi
+exec {STANDIN}/bsub "$@"
+""")
+    (wrapper / "bsub").chmod(0o755)
+    env = {**lsf_env, "PATH": f"{wrapper}{os.pathsep}{lsf_env['PATH']}"}
+    spec = write_spec(tmp_path, TEN_THOUSAND.format(hold="lsf: {extra: [-H]}")
+                      .replace("1..10000", "1..1001"))
+    arrays: list[str] = []
+    try:
+        first = cli(env, tmp_path, "launch", str(spec), "--backend", "lsf", "--no-prefetch")
+        assert first.returncode == 2
+        assert "Request aborted by esub" in first.stderr
+        assert "1000 jobs submitted before that are recorded" in first.stderr
+        ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+        ids = [e.get("scheduler_id") for e in ledger.values()]
+        assert sum(1 for i in ids if i) == 1000
+        arrays = sorted({i.split("_")[0] for i in ids if i})
+        again = cli(env, tmp_path, "launch", str(spec), "--backend", "lsf", "--no-prefetch")
+        assert again.returncode == 0, again.stderr
+        assert "submitted 1 jobs" in again.stdout and "1000 queued or running" in again.stdout
+        ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+        arrays = sorted({e["scheduler_id"].split("_")[0] for e in ledger.values()})
+        assert all(e["attempts"] == 1 for e in ledger.values())
+    finally:
+        if arrays:
+            subprocess.run(["bkill", *arrays], env=lsf_env, capture_output=True)

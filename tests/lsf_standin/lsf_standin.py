@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An LSF 10.1 stand-in for tests: bsub, bjobs, bkill and brequeue on this machine.
+"""An LSF 10.1 stand-in for tests: bsub, bjobs, bkill, brequeue and bresume on this machine.
 
 Behaves as LSF documents where the backend depends on it:
 - bsub reads the job script from stdin and its #BSUB lines (-J "name[1-N]%P", -o/-e/-oo/-eo with
@@ -11,6 +11,7 @@ Behaves as LSF documents where the backend depends on it:
 - bjobs -a -o "jobid jobindex stat exit_code" -json IDS: one record per array element, ERROR
   records for unknown ids, exit status 255 for those when LSB_BJOBS_CONSISTENT_EXIT_CODE=Y;
   finished jobs are forgotten after the clean period.
+- bsub -H: every element is held (PSUSP) until bresume makes it pending; bkill ends it (EXIT).
 - bkill "ID[i]" / "ID": SIGINT, then SIGTERM, then SIGKILL, an interval apart; pending elements
   end at once (EXIT).
 - brequeue "ID[i]" / "ID": a running element is killed (by the dispatcher, as LSF's daemon
@@ -44,6 +45,7 @@ from pathlib import Path
 
 MAX_JOB_ARRAY_SIZE = 1000
 PENDING, RUNNING, FINISHED = {"PEND"}, {"RUN"}, {"DONE", "EXIT"}
+HELD = {"PSUSP"}  # bsub -H; bresume makes it PEND, bkill EXIT
 
 
 def state_dir() -> Path:
@@ -92,6 +94,10 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 
 # -- bsub -----------------------------------------------------------------------------------
+# options without a value. -H: "Holds the job in the PSUSP state when the job is submitted.
+# The job is not scheduled until you tell the system to resume the job (see bresume)."
+# (IBM Spectrum LSF 10.1, bsub -H: www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=options-h)
+FLAG_OPTS = {"-H"}
 VALUE_OPTS = {"-J", "-o", "-e", "-oo", "-eo", "-W", "-n", "-R", "-gpu", "-q", "-P", "-M",
               "-wa", "-wt", "-w", "-G", "-cwd"}
 
@@ -105,6 +111,10 @@ def parse_bsub_options(script: str) -> dict:
         i = 0
         while i < len(words):
             flag = words[i]
+            if flag in FLAG_OPTS:
+                opts[flag] = True
+                i += 1
+                continue
             if flag not in VALUE_OPTS or i + 1 >= len(words):
                 raise SystemExit(f"{flag}: Illegal option or missing value. Job not submitted.")
             value = words[i + 1]
@@ -149,7 +159,8 @@ def bsub(argv: list[str]) -> int:
         job = {"jobid": jobid, "name": name, "array": bool(first), "queue": queue,
                "limit": int(limit) if limit else None, "opts": opts, "script": str(script_path),
                "cwd": os.getcwd(), "env": dict(os.environ), "dispatcher": None,
-               "elements": {str(i): {"stat": "PEND", "exit_code": None, "pid": None,
+               "elements": {str(i): {"stat": "PSUSP" if opts.get("-H") else "PEND",
+                                     "exit_code": None, "pid": None,
                                      "start": None, "end": None, "kill_at": None,
                                      "signals": []} for i in indices}}
         save(job)
@@ -408,7 +419,7 @@ def bkill(argv: list[str]) -> int:
         for job, picked, target in _targets(argv):
             for i in picked:
                 e = job["elements"][i]
-                if e["stat"] in PENDING:
+                if e["stat"] in PENDING | HELD:
                     e.update(stat="EXIT", exit_code=130, end=time.time())
                 elif e["stat"] in RUNNING and not e["kill_at"]:
                     e["kill_at"] = time.time()
@@ -438,12 +449,32 @@ def brequeue(argv: list[str]) -> int:
     return 0
 
 
+def bresume(argv: list[str]) -> int:
+    """bresume: a job held at submission (PSUSP) becomes pending (PEND) and is scheduled.
+    (IBM Spectrum LSF 10.1, bresume: "Resumes one or more suspended jobs"; a PSUSP job goes
+    back to PEND.)"""
+    restart = []
+    with locked():
+        for job, picked, target in _targets(argv):
+            for i in picked:
+                if job["elements"][i]["stat"] in HELD:
+                    job["elements"][i]["stat"] = "PEND"
+            save(job)
+            restart.append(job["jobid"])
+            print(f"Job <{target}> is being resumed")
+    for jobid in restart:
+        if not _alive(load(jobid)["dispatcher"]):
+            spawn_dispatcher(jobid)
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) >= 3 and sys.argv[1] == "--dispatch":
         dispatch(sys.argv[2])
         return 0
     command = os.path.basename(sys.argv[0])
-    handlers = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "brequeue": brequeue}
+    handlers = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "brequeue": brequeue,
+                "bresume": bresume}
     if command not in handlers:
         print(f"lsf stand-in: unknown command {command}", file=sys.stderr)
         return 2

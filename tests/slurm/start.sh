@@ -97,6 +97,9 @@ EnforcePartLimits=ALL
 KillWait=5
 ReturnToService=2
 SchedulerParameters=bf_interval=1,sched_interval=2
+# each array task counts against MaxJobCount (default 10,000): sites that run large sweeps
+# raise it, and so does this one (tests submit 10,000 held jobs); MaxArraySize stays 1001
+MaxJobCount=100000
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$D/state
