@@ -19,8 +19,20 @@ def _files(root: Path) -> list[Path]:
                   if p.is_file() and p.suffix in SUFFIXES and "__pycache__" not in p.parts)
 
 
+_MADE: dict[Path, Path] = {}  # sweep dir -> its snapshot, once per process (a dry run of
+# 10,000 local jobs renders 10,000 scripts: hashing the code for each took 33 s)
+
+
 def snapshot(sweep_dir: Path) -> Path:
     """The directory to put first on the jobs' PYTHONPATH."""
+    key = Path(sweep_dir).absolute()
+    if key in _MADE and _MADE[key].is_dir():
+        return _MADE[key]
+    _MADE[key] = _snapshot(key)
+    return _MADE[key]
+
+
+def _snapshot(sweep_dir: Path) -> Path:
     root = Path(__file__).resolve().parents[1]
     files = _files(root)
     digest = hashlib.sha256()
