@@ -33,12 +33,13 @@ HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # what from_pretrained reads: configs, vocabularies, weights (safetensors, else PyTorch bins)
 MODEL_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+TOKENIZER_FILES = ["*.json", "*.txt", "*.model"]
 HF_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
 
 
 @dataclass(frozen=True)
 class Need:
-    kind: str  # "model" or "dataset"
+    kind: str  # "model", "tokenizer" (its files only) or "dataset"
     name: str  # hub id (model, dataset)
     config: str | None  # the dataset's config (GLUE: the task), None for models
     key: str  # spec key it came from, e.g. "base.model_name_or_path"
@@ -103,8 +104,13 @@ def needs(spec: Spec, jobs: list[Job]) -> list[Need]:
                 fail(key, value, "is neither a local directory nor a hub id (name or "
                                  "namespace/name)")
             else:
-                found.setdefault(("model", value, None), Need("model", value, None,
-                                                              where_from(spec, job, key), who))
+                kind = "tokenizer" if key == "tokenizer_name" else "model"
+                if kind == "tokenizer" and ("model", value, None) in found:
+                    continue  # the model's files hold its tokenizer
+                found.setdefault((kind, value, None), Need(kind, value, None,
+                                                           where_from(spec, job, key), who))
+                if kind == "model":  # a model fetched whole makes its tokenizer-only fetch moot
+                    found.pop(("tokenizer", value, None), None)
         task = TASKS[config["task"]]
         if config.get("data_dir"):
             why = _local_data(task.name, Path(config["data_dir"]).expanduser())
@@ -141,9 +147,11 @@ def hub_environment(spec: Spec) -> None:
             os.environ[key] = os.path.expanduser(os.path.expandvars(value))
 
 
-def _fetch_model(repo: str) -> str:
+def _fetch_model(repo: str, tokenizer_only: bool = False) -> str:
     from huggingface_hub import HfApi, constants, snapshot_download
 
+    if tokenizer_only:  # tokenizer_name: its vocabulary and configs, not the weights
+        return snapshot_download(repo, allow_patterns=TOKENIZER_FILES)
     patterns = list(MODEL_FILES)
     if not constants.HF_HUB_OFFLINE:
         files = HfApi().list_repo_files(repo)
@@ -186,8 +194,8 @@ def prefetch(spec: Spec, jobs: list[Job], out: IO[str] | None = None) -> list[Ne
         label = need.name + (f" ({need.config})" if need.config else "")
         print(f"prefetch [{i}/{len(todo)}] {need.kind} {label}", file=out, flush=True)
         try:
-            where = (_fetch_model(need.name) if need.kind == "model"
-                     else _fetch_dataset(need.name, need.config))
+            where = (_fetch_dataset(need.name, need.config) if need.kind == "dataset"
+                     else _fetch_model(need.name, tokenizer_only=need.kind == "tokenizer"))
         except Exception as exc:  # whatever the hub libraries raise: one line, nothing runs
             raise SpecError(spec.path, need.key, f"{need.kind} {label!r} {_explain(exc)} "
                                                  f"(job {need.job})") from None

@@ -174,3 +174,32 @@ def test_launch_commands_do_not_import_the_hub_libraries_without_need(tmp_path):
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_hub_tokenizer_is_fetched_without_weights(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from jobs import prefetch
+
+    calls = []
+
+    def fake_snapshot(repo, allow_patterns=None, **kw):
+        calls.append((repo, allow_patterns))
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "SST-2"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (data / name).write_text("sentence\tlabel\na\t1\n")
+    spec = write_spec(tmp_path, f"name: t\ngrid: {{task: [sst2], method: [fp32], seed: [1, 2]}}\n"
+                                f"base: {{model_name_or_path: {model}, data_dir: {data}, "
+                                f"tokenizer_name: org/tok}}\n")
+    loaded = load_spec(spec)
+    needs = prefetch.prefetch(loaded, expand(loaded))
+    assert [(n.kind, n.name, n.key) for n in needs] == [("tokenizer", "org/tok",
+                                                         "base.tokenizer_name")]
+    assert calls == [("org/tok", prefetch.TOKENIZER_FILES)]
