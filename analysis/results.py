@@ -25,6 +25,7 @@ LEDGER = "ledger.json"
 SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "snapshots", "submitit",
              "__pycache__"}
 RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node")  # bookkeeping, not config
+STAGE_KEYS = ("stage", "after")  # bookkeeping of staged sweeps: kept only where set
 OURS = "quantsweep"
 
 
@@ -101,13 +102,19 @@ class _Reader:
         config = self.read(out_dir / CONFIG) or dict(ledger_entry.get("config") or {})
         status = self.read(out_dir / STATUS) or {}
         results = self.read(out_dir / EVAL_JSON)
-        state = status.get("state") or ledger_entry.get("state") or "missing"
+        # files are the truth (jobs.state's rule): the ledger's "completed" without the job's
+        # own marker is a job whose files are gone, not a result
+        recorded = ledger_entry.get("state")
+        state = status.get("state") or (recorded if recorded != "completed" else None) \
+            or "missing"
         if state == "completed" and results is None:
             state, reason = "failed", f"{EVAL_JSON} is missing or unreadable"
         else:
             reason = status.get("reason") or ledger_entry.get("reason")
         metrics, info = split_eval(results or {})
-        return Run(out_dir, {k: v for k, v in config.items() if k not in RUN_KEYS}, state,
+        config = {k: v for k, v in config.items() if k not in RUN_KEYS
+                  and not (k in STAGE_KEYS and v is None)}  # no stage: no bookkeeping
+        return Run(out_dir, config, state,
                    metrics, info, reason, sweep=str(config.get("sweep", "")),
                    job_id=str(config.get("job_id") or ""))
 

@@ -23,6 +23,7 @@ from analysis.measurements import ROWS, Block, sheet_rows
 from analysis.safe_text import harden_workbook
 from analysis.summary import TaskSummary
 from analysis.tables import LEAD, TAIL
+from jobs.atomic import default_mode
 
 COLLAPSED_FILL = PatternFill("solid", start_color="FFF4CCCC", end_color="FFF4CCCC")
 COLLAPSED_FONT = Font(color="FFC00000", bold=True, italic=True)
@@ -235,6 +236,7 @@ def write_xlsx(path: Path, blocks: list[Block], summaries: list[TaskSummary],
     os.close(fd)
     try:
         wb.save(tmp)
+        os.chmod(tmp, default_mode())  # not mkstemp's 0600: what the umask gives
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

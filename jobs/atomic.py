@@ -24,8 +24,9 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None,
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        # mkstemp makes the file 0600, and os.replace keeps that: take the mode the umask
+        # gives a new file (colleagues on a shared project directory can read the results)
+        os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,9 +34,16 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None,
         raise
 
 
+def default_mode() -> int:
+    """The mode open() gives a new file here: 0o666 less the process's umask."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _same_content(path: Path, data: bytes, mode: int | None) -> bool:
     try:
-        if mode is not None and (path.stat().st_mode & 0o777) != mode:
+        if (path.stat().st_mode & 0o777) != (default_mode() if mode is None else mode):
             return False
         return path.read_bytes() == data
     except OSError:

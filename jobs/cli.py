@@ -11,13 +11,25 @@ from jobs.errors import UserError
 BACKENDS = ("local", "lsf", "slurm")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quantsweep")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweep", description="Run BERT compression sweeps.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     la = sub.add_parser("launch", help="run or submit every job of a sweep spec")
     la.add_argument("spec", help="sweep spec (YAML)")
-    la.add_argument("--backend", choices=BACKENDS, default="local")
+    la.add_argument("--backend", choices=BACKENDS, default="local",
+                    help="where the jobs run: this machine (local), or submitted to LSF or "
+                    "SLURM as job arrays (default: %(default)s)")
     la.add_argument("--dry-run", action="store_true",
                     help="render every job script and show the submission commands only")
     la.add_argument("--force", action="store_true", help="rerun completed jobs too")
@@ -49,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                         "an HTML report")
     co.add_argument("paths", nargs="*", default=["runs"],
                     help="sweep or job directories, ours or other tools' (default: runs)")
-    co.add_argument("--to", choices=("xlsx", "csv", "md", "html"), default="xlsx")
+    co.add_argument("--to", choices=("xlsx", "csv", "md", "html"), default="xlsx",
+                    help="xlsx: the seed study's workbook with a sheet per task; csv: every run, "
+                    "one row each; md: a table per task; html: a self-contained report "
+                    "(default: %(default)s)")
     co.add_argument("-o", "--output", default=None,
                     help="output file (default: results.<ext> in the first directory)")
     co.add_argument("--pattern", action="append", default=[], metavar="PATTERN",

@@ -149,8 +149,13 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
             ledger.update(jid, state="cancelled", reason="cancelled by sweep cancel")
         for backend, ids in by_backend.items():
             cluster.cancel(backend, sweep_dir / cluster.SUBMITIT_DIR, ids)
-        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)}: cancelled {len(picked)} "
-              "jobs; relaunch to resubmit them", file=out)
+        name = ledger.data.get("sweep", sweep_dir.name)
+        if picked:
+            print(f"sweep {name}: cancelled {len(picked)} jobs; relaunch to resubmit them",
+                  file=out)
+        else:
+            print(f"sweep {name}: cancelled 0 jobs: none is pending or running"
+                  + (" and matches " + " ".join(where) if where else ""), file=out)
     return 0
 
 

@@ -55,6 +55,10 @@ def _snapshot(sweep_dir: Path) -> Path:
 
 
 def pythonpath_line(path: Path) -> str:
+    """The shell line that makes a job import the snapshot first, never the working directory
+    (`python -m` puts it first on sys.path, and a launch from the checkout would run the
+    checkout's code; PYTHONSAFEPATH, Python 3.11+, keeps it off)."""
     import shlex
 
-    return f"export PYTHONPATH={shlex.quote(str(path))}${{PYTHONPATH:+:$PYTHONPATH}}"
+    return (f"export PYTHONPATH={shlex.quote(str(path))}${{PYTHONPATH:+:$PYTHONPATH}} "
+            "PYTHONSAFEPATH=1")

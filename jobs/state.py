@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from quantlib.outputs import is_complete, read_status
+from quantlib.outputs import EVAL_JSON, is_complete, read_status
 
 QUEUED = {"PENDING", "REQUEUED", "READY", "CONFIGURING", "RESV_DEL_HOLD", "REQUEUE_HOLD"}
 ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -51,6 +51,8 @@ def job_state(entry: dict[str, Any], sched: str | None,
         # the marker of an attempt before the latest submission: the rerun has not started yet
         # (and the scheduler may not list it yet), so the old failure says nothing about it
         file_state = None
+    if file_state == "completed":  # but is_complete says its results cannot be read
+        return "failed", f"{EVAL_JSON} is missing or unreadable"
     if entry.get("state") == "cancelled":
         return "cancelled", file_reason or entry.get("reason") or "cancelled"
     if sched == "CANCELLED":

@@ -67,10 +67,12 @@ def read_status(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
-    """A job is done when its marker says so and its results exist: files are the truth."""
+    """A job is done when its marker says so and its results can be read (a JSON object):
+    files are the truth. A truncated or garbled eval_results.json is not a completed job, for
+    `sweep status`, the relaunch and `collect` alike."""
     status = read_status(out_dir)
     return bool(status and status.get("state") == "completed"
-                and (Path(out_dir) / EVAL_JSON).is_file())
+                and read_json(Path(out_dir) / EVAL_JSON) is not None)
 
 
 def write_results(out_dir: str | os.PathLike, task: str, metrics: dict[str, float],

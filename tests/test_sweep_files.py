@@ -1,0 +1,83 @@
+"""The files of a sweep are the truth, and others can read them: results that cannot be read
+are not a completed job (status, relaunch and collect agree); a job whose status.json is gone
+is missing everywhere; every file written takes the mode the umask gives (not mkstemp's 0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_spec
+
+SPEC = """
+name: files
+grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
+base:
+  model_name_or_path: {model}
+  data_dir: {data}
+  max_seq_length: 16
+  finetune_epochs: 0.25
+  max_train_samples: 32
+  max_eval_samples: 16
+"""
+
+
+def cli(cwd, *args, umask=0o022):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: os.umask(umask))
+
+
+@pytest.fixture
+def sweep(tmp_path, tiny_model, demo_task):
+    spec = write_spec(tmp_path, SPEC.format(model=tiny_model, data=demo_task))
+    proc = cli(tmp_path, "launch", str(spec))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ledger = json.loads((tmp_path / "runs/files/ledger.json").read_text())["jobs"]
+    dirs = {e["config"]["seed"]: Path(e["output_dir"]) for e in ledger.values()}
+    return tmp_path, spec, dirs
+
+
+def states(cwd) -> list[str]:
+    out = cli(cwd, "status", "runs/files").stdout.splitlines()
+    return sorted(line.split()[5] for line in out[2:-1])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "array", "status gone"])
+def test_unreadable_results_are_not_a_completed_job(sweep, damage):
+    cwd, spec, dirs = sweep
+    out = dirs[1]
+    if damage == "status gone":
+        (out / "status.json").unlink()
+    else:
+        text = (out / "eval_results.json").read_text()
+        (out / "eval_results.json").write_text({"truncated": text[:len(text) // 2],
+                                                "garbage": "\x00\x01 not json",
+                                                "array": "[1, 2]"}[damage])
+    want = "missing" if damage == "status gone" else "failed"
+    assert states(cwd) == ["completed", want]
+    collected = cli(cwd, "collect", "runs/files", "--to", "csv", "-o", "r.csv")
+    assert collected.returncode == 0, collected.stderr
+    assert "2 jobs (1 completed, 1 " in collected.stdout, collected.stdout
+    again = cli(cwd, "launch", str(spec))
+    assert "1 already completed" in again.stdout and "1 to run" in again.stdout, again.stdout
+    assert states(cwd) == ["completed", "completed"]
+
+
+def test_files_take_the_mode_the_umask_gives(sweep):
+    cwd, spec, dirs = sweep
+    for to in ("xlsx", "csv", "md", "html"):
+        assert cli(cwd, "collect", "runs/files", "--to", to, "-o", f"r.{to}").returncode == 0
+    files = [cwd / f"r.{to}" for to in ("xlsx", "csv", "md", "html")]
+    files += [cwd / "runs/files/ledger.json"]
+    files += [dirs[1] / name for name in ("eval_results.json", "eval_results.txt",
+                                          "status.json", "config.json")]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert cli(cwd, "collect", "runs/files", "-o", "private.xlsx", umask=0o077).returncode == 0
+    assert stat.S_IMODE((cwd / "private.xlsx").stat().st_mode) == 0o600
