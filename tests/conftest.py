@@ -28,6 +28,18 @@ def demo_task(tmp_path_factory) -> Path:
     return write_glue_tsv(tmp_path_factory.mktemp("glue") / "SST-2", n_train=400, n_dev=100)
 
 
+# the base of a tiny sweep that trains for seconds (format with model= and data=)
+TINY_BASE = """
+base:
+  model_name_or_path: {model}
+  data_dir: {data}
+  max_seq_length: 16
+  finetune_epochs: 0.25
+  max_train_samples: 32
+  max_eval_samples: 16
+"""
+
+
 def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")

@@ -52,6 +52,14 @@ def hub_cache(hf_home, model_dir, repo_id=REPO_ID):
     return root
 
 
+def saved_model(tmp_path):
+    """A directory that passes for a saved model at launch (its config.json)."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
 def launch(cwd, *args, env=None):
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     full.pop("HF_HOME", None)  # the spec's resources.env sets it
@@ -134,9 +142,7 @@ def test_datasets_are_fetched_once_per_dataset(tmp_path, monkeypatch):
         return {"train": Split()}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = saved_model(tmp_path)
     spec = write_spec(tmp_path, f"name: ds\ngrid: {{task: [mrpc, rte], method: [fp32], seed: "
                                 f"[1, 2, 3]}}\nbase: {{model_name_or_path: {model}}}\n")
     loaded = load_spec(spec)
@@ -157,9 +163,7 @@ def test_dataset_failure_names_the_key(tmp_path, monkeypatch):
         raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = saved_model(tmp_path)
     spec = write_spec(tmp_path, f"name: ds\ngrid: {{task: [rte], method: [fp32]}}\nbase: "
                                 f"{{model_name_or_path: {model}, dataset_name: nyu-mll/glu}}\n")
     loaded = load_spec(spec)
@@ -188,9 +192,7 @@ def test_a_hub_tokenizer_is_fetched_without_weights(tmp_path, monkeypatch):
         return str(tmp_path / "snap")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = saved_model(tmp_path)
     data = tmp_path / "SST-2"
     data.mkdir()
     for name in ("train.tsv", "dev.tsv"):

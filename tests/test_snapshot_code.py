@@ -10,22 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_spec
+from conftest import REPO, TINY_BASE, write_spec
 
 from jobs.snapshot import pythonpath_line
 
 SPEC = """
 name: fromrepo
 grid: {{task: [sst2], method: [fp32]}}
-base:
-  model_name_or_path: {model}
-  data_dir: {data}
-  max_seq_length: 16
-  finetune_epochs: 0.25
-  max_train_samples: 32
-  max_eval_samples: 16
 resources: {{cpus: 1, mem: 1000, time: 20}}
-"""
+""" + TINY_BASE
 STANDIN = Path(__file__).parent / "lsf_standin" / "bin"
 
 

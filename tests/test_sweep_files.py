@@ -12,19 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from conftest import TINY_BASE, write_spec
 
 SPEC = """
 name: files
 grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
-base:
-  model_name_or_path: {model}
-  data_dir: {data}
-  max_seq_length: 16
-  finetune_epochs: 0.25
-  max_train_samples: 32
-  max_eval_samples: 16
-"""
+""" + TINY_BASE
 
 
 def cli(cwd, *args, umask=0o022):
