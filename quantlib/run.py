@@ -54,6 +54,17 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
     return results, ctx.info
 
 
+def _leave_process_group() -> None:
+    """Under torchrun: every rank waits for the others, then leaves the process group, before
+    the interpreter exits. Left to the exit, a rank's gloo threads could find the peer's sockets
+    closed and abort the rank (SIGABRT), failing a job whose work was done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None, reraise: bool = False) -> int:
     """Run one job; the exit status says how it ended. reraise: a failure's exception goes to
     the caller (submitit, which logs its traceback) instead of being printed here: once."""
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 keeps the records
         run_job(config, out_dir)
+        _leave_process_group()
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / CONFIG, config)
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
         signal.signal(signal.SIGTERM, _on_term)
     try:
         results, info = run_job(config, out_dir)
+        _leave_process_group()
     except preemption.Preempted as exc:
         write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1))
