@@ -96,7 +96,9 @@ def parse_target(text: str) -> tuple[str, int | None]:
 # -- bsub -----------------------------------------------------------------------------------
 # options without a value. -H: "Holds the job in the PSUSP state when the job is submitted.
 # The job is not scheduled until you tell the system to resume the job (see bresume)."
-# (IBM Spectrum LSF 10.1, bsub -H: www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=options-h)
+# (IBM Spectrum LSF 10.1 command reference, bsub -H:
+# https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__h.1.html; a pending job
+# stopped or held is PSUSP: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_admin/job_suspend.html)
 FLAG_OPTS = {"-H"}
 VALUE_OPTS = {"-J", "-o", "-e", "-oo", "-eo", "-W", "-n", "-R", "-gpu", "-q", "-P", "-M",
               "-wa", "-wt", "-w", "-G", "-cwd"}
@@ -450,9 +452,10 @@ def brequeue(argv: list[str]) -> int:
 
 
 def bresume(argv: list[str]) -> int:
-    """bresume: a job held at submission (PSUSP) becomes pending (PEND) and is scheduled.
-    (IBM Spectrum LSF 10.1, bresume: "Resumes one or more suspended jobs"; a PSUSP job goes
-    back to PEND.)"""
+    """bresume: a job held at submission (PSUSP) becomes pending (PEND) and is scheduled
+    ("Waiting for re-scheduling after being resumed by user": IBM Spectrum LSF 10.1, example
+    messages, https://www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=messaging-example-messages;
+    bresume: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bresume.1.html)."""
     restart = []
     with locked():
         for job, picked, target in _targets(argv):
