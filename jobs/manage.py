@@ -118,14 +118,42 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _matches(config: dict[str, Any], where: list[str]) -> bool:
+def parse_where(where: list[str], configs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """--where KEY=VALUE conditions, each value read as YAML reads it (200 = 200.0, true);
+    a key that no trainer argument and no job of the sweep has is a user error."""
+    from jobs.safeyaml import YamlRefused, load
+    from quantlib.configs import all_keys, suggest
+
+    known = set(all_keys()) | {k for c in configs for k in c}
+    out = []
     for cond in where:
-        key, sep, value = cond.partition("=")
-        if not sep:
+        key, sep, text = cond.partition("=")
+        if not sep or not key:
             raise UserError(f"--where {cond}: write KEY=VALUE, e.g. task=mrpc")
-        if str(config.get(key)) != value:
-            return False
-    return True
+        if key not in known:
+            raise UserError(f"--where {cond}: unknown key {key!r}{suggest(key, sorted(known))}"
+                            "; give a trainer argument, e.g. task=mrpc")
+        try:
+            value = load(text.encode()) if text else ""
+        except (YamlRefused, ValueError):
+            value = text
+        out.append((key, text if isinstance(value, (dict, list)) or value is None else value))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or str(a) == str(b)
+    if a == b or str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _matches(config: dict[str, Any], where: list[tuple[str, Any]]) -> bool:
+    return all(key in config and _same(config[key], value) for key, value in where)
 
 
 def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> int:
@@ -133,9 +161,10 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
     for sweep_dir in sweep_dirs(targets):
         ledger = Ledger(sweep_dir)
         resolved = states(ledger)
+        conditions = parse_where(where, [e.get("config", {}) for e in ledger.jobs.values()])
         picked = [jid for jid, e in ledger.jobs.items()
                   if resolved[jid][0] in ("pending", "running")
-                  and _matches(e.get("config", {}), where)]
+                  and _matches(e.get("config", {}), conditions)]
         by_backend: dict[str, list[str]] = {}
         for jid in picked:
             e = ledger.jobs[jid]
