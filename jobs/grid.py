@@ -73,7 +73,9 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _matches(point: dict[str, Any], values: dict[str, Any]) -> bool:
+def matches(point: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Every key of `point` is in `values` with an equal value (200 = 200.0; a list in the
+    point matches any of its items): exclude points, and `sweep cancel --where`."""
     for key, want in point.items():
         options = want if isinstance(want, list) else [want]
         if key not in values or not any(_same(values[key], w) for w in options):
@@ -193,7 +195,7 @@ def _candidates(spec: Spec, stage: Stage, prefix: str, inherited: dict[str, Any]
     used_excludes: set[int] = set()
     for point in _grid_points(stage):
         values = {**spec.base, **inherited, **stage.base, **point}
-        hit = [i for i, ex in enumerate(stage.exclude) if _matches(ex, values)]
+        hit = [i for i, ex in enumerate(stage.exclude) if matches(ex, values)]
         used_excludes.update(hit)
         if not hit:
             out.append((f"{prefix}grid", values, point))

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from jobs import cluster
 from jobs.errors import UserError
+from jobs.grid import matches
 from jobs.ledger import LEDGER, Ledger
 from jobs.state import elapsed, job_state
 
@@ -141,21 +142,6 @@ def parse_where(where: list[str], configs: list[dict[str, Any]]) -> list[tuple[s
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b or str(a) == str(b)
-    if a == b or str(a) == str(b):
-        return True
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
-def _matches(config: dict[str, Any], where: list[tuple[str, Any]]) -> bool:
-    return all(key in config and _same(config[key], value) for key, value in where)
-
-
 def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     for sweep_dir in sweep_dirs(targets):
@@ -164,7 +150,7 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
         conditions = parse_where(where, [e.get("config", {}) for e in ledger.jobs.values()])
         picked = [jid for jid, e in ledger.jobs.items()
                   if resolved[jid][0] in ("pending", "running")
-                  and _matches(e.get("config", {}), conditions)]
+                  and matches(dict(conditions), e.get("config", {}))]
         by_backend: dict[str, list[str]] = {}
         for jid in picked:
             e = ledger.jobs[jid]

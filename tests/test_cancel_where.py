@@ -7,9 +7,9 @@ import pytest
 from conftest import sweep_cli, write_spec
 
 from jobs.errors import UserError
-from jobs.grid import expand
+from jobs.grid import expand, matches
 from jobs.ledger import Ledger
-from jobs.manage import _matches, parse_where
+from jobs.manage import parse_where
 from jobs.spec import load_spec
 
 CONFIG = {"task": "mrpc", "method": "fp32", "finetune_epochs": 200.0, "fp16": True, "seed": 3}
@@ -22,7 +22,7 @@ CONFIG = {"task": "mrpc", "method": "fp32", "finetune_epochs": 200.0, "fp16": Tr
     (["task=rte"], False), (["learning_rate=2e-5"], False),  # not in this job's config
 ])
 def test_typed_matches(where, hit):
-    assert _matches(CONFIG, parse_where(where, [CONFIG])) is hit
+    assert matches(dict(parse_where(where, [CONFIG])), CONFIG) is hit
 
 
 @pytest.mark.parametrize("where, fragment", [
