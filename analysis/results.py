@@ -19,6 +19,7 @@ from analysis.formats import MM_SUFFIX, BadFile, read_foreign, result_files, spl
 from analysis.naming import SEED_PATTERN, Pattern, compile_pattern, task_name
 from analysis.safe_text import text
 from jobs.errors import UserError
+from jobs.ledger import entry_path
 from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
 
 LEDGER = "ledger.json"
@@ -230,7 +231,7 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                         spec_text = None
                 sweeps.setdefault(name, Sweep(name, str(ledger.get("spec", "")), spec_text))
                 for jid, entry in ledger["jobs"].items():
-                    out = Path(entry.get("output_dir", ""))
+                    out = entry_path(here, entry.get("output_dir", ""))
                     read_dirs.add(os.path.abspath(out))
                     key = os.path.realpath(out)
                     if key not in runs:

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from jobs.errors import UserError
+from jobs.errors import UserError, os_error
 
 BACKENDS = ("local", "lsf", "slurm")
 
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return collect(args.paths, args.to, args.output, args.pattern)
     except UserError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only directory, a full disk: the file and why, one line
+        print(f"sweep: error: {os_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from jobs.errors import UserError
+from jobs.errors import UserError, os_error
 from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.local import LocalRun, visible_gpus
@@ -184,6 +184,19 @@ def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],
     return None
 
 
+def _writable(folder: Path, what: str) -> None:
+    """Fail before any job starts when `folder` cannot take files (read-only, full)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot write {what} there: {os_error(exc)}; nothing "
+                        "was started") from None
+
+
 def _prefetch(spec: Spec, todo: list[Job]) -> None:
     """Models and datasets into the Hugging Face cache before any job runs (not with
     --no-prefetch: then each job resolves its own, online)."""
@@ -214,36 +227,45 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
     with ledger.locked():
         jobs = ledger.register(spec.name, spec.path, jobs, force)
         resolved = states(ledger, launcher_active=False)  # we hold the launch lock
-        todo = [j for j in jobs if force or resolved[j.id][0] != "completed"]
-        done = len(jobs) - len(todo)
+        # a job whose process an earlier (killed) launcher left running is never started
+        # again: this launch adopts it (waits for it), even with --force
+        adopted = [j for j in jobs if resolved[j.id][0] == "running"]
+        todo = [j for j in jobs if j not in adopted
+                and (force or resolved[j.id][0] != "completed")]
+        done = len(jobs) - len(todo) - len(adopted)
         print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
               f"{' (rerun: --force)' if done and not force else ''}, {len(todo)} to run "
               f"locally, at most {max_parallel} at once"
-              + (f" on GPUs {','.join(pool)}" if pool else " on CPU"), file=out)
+              + (f" on GPUs {','.join(pool)}" if pool else " on CPU")
+              + (f"; {len(adopted)} still running from a launcher that stopped: adopted, "
+                 "not started again" if adopted else ""), file=out)
         if res.gpus > 0 and not gpus:
             print(f"sweep: note: the spec asks for {res.gpus} GPU(s) per job and none is "
                   "visible: running on CPU", file=out)
         print(f"logs in {rel_path(sweep_dir / 'logs')}, ledger {rel_path(ledger.path)}", file=out,
               flush=True)
-        if not todo:
+        if not todo and not adopted:
             return 0
         _prefetch(spec, todo)
         for job in todo:  # queued here; `sweep status` shows them pending while we run
             ledger.jobs[job.id].update(state="pending", backend="local")
         ledger.save()
+        _writable(sweep_dir / "logs", "job logs")
         configs = write_configs(spec, todo, sweep_dir)
         work = [(j, render_local(spec, j, configs[j.id], sweep_dir), label(spec, j))
                 for j in todo]
         runner = LocalRun(ledger, work, max_parallel, res.gpus if pool else 0, pool,
-                          sweep_dir / "logs")
+                          sweep_dir / "logs", adopted=[(j, label(spec, j)) for j in adopted])
         rc = runner.run()
+        if ledger.unsaved:  # the disk refused it while jobs ran: the launch's error if still
+            ledger.save()
         c = runner.counts
         print(f"sweep {spec.name}: {c['completed']} completed, {c['failed']} failed, "
               f"{c['interrupted']} interrupted"
               + (f", {c['skipped']} skipped (previous stage failed)" if c["skipped"] else "")
               + "; collect with: sweep collect "
               f"{shlex.quote(rel_path(sweep_dir))} --to xlsx", file=out)
-        failed = [j for j in todo if ledger.jobs[j.id]["state"] != "completed"]
+        failed = [j for j in todo + adopted if ledger.jobs[j.id]["state"] != "completed"]
         for j in failed[:10]:
             entry = ledger.jobs[j.id]
             print(f"  {entry['state']}: {j.id} {label(spec, j)}: {entry.get('reason')} "

@@ -2,6 +2,10 @@
 
 Files in each job's output directory are the truth about completion; the ledger mirrors them
 and adds what only the launcher knows (backend, attempts, log file, exit status).
+
+Paths inside the sweep directory are stored relative to it (PATH_KEYS), so that a sweep moved
+or copied elsewhere is still itself; in memory they are absolute. A path outside the sweep (an
+output_dir of an older ledger, say) stays as written.
 """
 
 from __future__ import annotations
@@ -10,24 +14,42 @@ import dataclasses
 import fcntl
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from jobs.atomic import write_json
-from jobs.errors import UserError
+from jobs.errors import UserError, os_error
 from jobs.grid import Job
 from quantlib.configs import ConfigError, identity, resolve
 from quantlib.outputs import is_complete, now
 
 LEDGER = "ledger.json"
+PATH_KEYS = ("output_dir", "log")  # the entries' fields that name files
+
+
+def entry_path(sweep_dir: str | os.PathLike, value: Any) -> Path:
+    """A path as the ledger stores it (relative to the sweep directory, or absolute), as a path
+    usable from here."""
+    path = Path(str(value or ""))
+    return path if path.is_absolute() else Path(os.path.abspath(Path(sweep_dir) / path))
+
+
+def _stored_path(sweep_dir: Path, value: Any) -> Any:
+    """The form a path takes in the file: relative to the sweep directory when inside it."""
+    if not isinstance(value, str) or not value or not os.path.isabs(value):
+        return value
+    rel = os.path.relpath(value, sweep_dir)
+    return value if rel == ".." or rel.startswith("../") else rel
 
 
 class Ledger:
     def __init__(self, sweep_dir: str | os.PathLike):
-        self.sweep_dir = Path(sweep_dir)
+        self.sweep_dir = Path(os.path.abspath(sweep_dir))
         self.path = self.sweep_dir / LEDGER
         self.data: dict[str, Any] = self._load()
+        self.unsaved = False  # a save the disk refused (see update)
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -40,6 +62,11 @@ class Ledger:
                             "a fresh record") from None
         if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
             raise UserError(f"{self.path}: jobs: not a quantsweep ledger")
+        for entry in data["jobs"].values():
+            if isinstance(entry, dict):
+                for key in PATH_KEYS:
+                    if isinstance(entry.get(key), str) and entry[key]:
+                        entry[key] = str(entry_path(self.sweep_dir, entry[key]))
         return data
 
     @property
@@ -47,7 +74,10 @@ class Ledger:
         return self.data["jobs"]
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        jobs = {jid: {**e, **{k: _stored_path(self.sweep_dir, e[k]) for k in PATH_KEYS
+                              if k in e}} if isinstance(e, dict) else e
+                for jid, e in self.jobs.items()}
+        write_json(self.path, {**self.data, "jobs": jobs})
 
     @contextmanager
     def locked(self):
@@ -130,8 +160,19 @@ class Ledger:
         return out
 
     def update(self, job_id: str, **fields: Any) -> None:
+        """Record a job's new state. While jobs run, a save the disk refuses (full, read-only)
+        does not stop the launcher: the record is kept here, said once on stderr, and saved
+        with the next update or at the end (where a failure is the launch's error)."""
         self.jobs[job_id].update(fields, updated=now())
-        self.save()
+        try:
+            self.save()
+        except OSError as exc:
+            if not self.unsaved:
+                print(f"sweep: warning: {os_error(exc)}: the ledger could not be saved; the "
+                      "launcher goes on and tries again", file=sys.stderr, flush=True)
+            self.unsaved = True
+        else:
+            self.unsaved = False
 
 
 def _identity_key(config: dict[str, Any]) -> str:

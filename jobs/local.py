@@ -6,6 +6,12 @@ launch, after its parent).
 
 Children run in their own sessions so that Ctrl-C reaches only this launcher, which forwards
 SIGINT to every running job (each records `interrupted` in its status), waits, and marks them.
+
+A launcher killed outright (SIGKILL, a closed terminal) cannot stop its jobs: they run on. The
+ledger holds each job's pid with its start time (jobs.procs), so `sweep status` shows them
+running (orphaned), and the next launch adopts them: it never starts a job whose process is still
+alive; it waits for it like one of its own (a slot, its GPUs), then reads how it ended from its
+files.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from jobs.errors import os_error
 from jobs.grid import Job
 from jobs.ledger import Ledger
+from jobs.procs import alive, start_token
 from quantlib.outputs import is_complete, read_status
 
 GRACE_SECONDS = 60.0
@@ -43,13 +52,31 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+class _Adopted:
+    """A job process an earlier launcher started (not our child): polled by pid and start time.
+    Its exit status is not ours to read (returncode None): its files say how it ended."""
+
+    returncode = None
+
+    def __init__(self, pid: int, token: str | None):
+        self.pid, self.token = pid, token
+
+    def poll(self) -> int | None:
+        return None if alive(self.pid, self.token) else 0
+
+    def wait(self) -> None:
+        while self.poll() is None:
+            time.sleep(POLL_SECONDS)
+
+
 @dataclass
 class _Running:
     job: Job
-    proc: subprocess.Popen
+    proc: subprocess.Popen | _Adopted
     gpus: list[str]
-    log: IO[bytes]
+    log: IO[bytes] | None
     start: float
+    log_path: Path | None = None
 
 
 @dataclass
@@ -61,6 +88,7 @@ class LocalRun:
     gpu_pool: list[str]
     log_dir: Path
     stream: IO[str] = sys.stderr
+    adopted: list[tuple[Job, str]] = field(default_factory=list)  # (job, label): still running
     counts: dict[str, int] = field(default_factory=lambda: {
         "completed": 0, "failed": 0, "interrupted": 0, "skipped": 0})
     _interrupted: bool = False
@@ -70,8 +98,14 @@ class LocalRun:
         pending = list(self.jobs)
         running: dict[str, _Running] = {}
         free = list(self.gpu_pool)
-        in_run = {j.id for j, _, _ in self.jobs}
+        in_run = {j.id for j, _, _ in self.jobs} | {j.id for j, _ in self.adopted}
+        self.labels = ({j.id: lbl for j, _, lbl in self.jobs}
+                       | {j.id: lbl for j, lbl in self.adopted})
         self.finished: dict[str, str] = {}
+        for job, label in self.adopted:
+            running[job.id] = r = self._adopt(job)
+            free = [g for g in free if g not in r.gpus]
+            self._progress(len(running), len(pending), f"adopted {label} (pid {r.proc.pid})")
 
         def ready(job: Job) -> bool:
             return (job.after is None or job.after not in in_run
@@ -89,7 +123,16 @@ class LocalRun:
                         break  # the rest wait for jobs that are running
                     job, script, label = pending.pop(i)
                     gpus = [free.pop(0) for _ in range(self.gpus_per_job)] if self.gpu_pool else []
-                    running[job.id] = self._start(job, script, gpus)
+                    try:
+                        running[job.id] = self._start(job, script, gpus)
+                    except OSError as exc:  # its log cannot be created (disk full): not run
+                        free += gpus
+                        self.finished[job.id] = "failed"
+                        self.counts["failed"] += 1
+                        self.ledger.update(job.id, state="failed", backend="local", pid=None,
+                                           reason=f"not started: {os_error(exc)}")
+                        self._progress(len(running), len(pending), f"failed {label}")
+                        continue
                     self._progress(len(running), len(pending), f"started {label}")
                 if self._interrupted:
                     self._stop(running)
@@ -100,7 +143,7 @@ class LocalRun:
                     self.finished[jid] = state
                     free += r.gpus
                     del running[jid]
-                    label = next(lbl for j, _, lbl in self.jobs if j.id == jid)
+                    label = self.labels[jid]
                     self._progress(len(running), len(pending),
                                    f"{state} {label} ({time.monotonic() - r.start:.0f}s)")
                 if pending and not running and not self._interrupted and not any(
@@ -154,23 +197,36 @@ class LocalRun:
         proc = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         entry = self.ledger.jobs[job.id]
-        self.ledger.update(job.id, state="running", backend="local", pid=proc.pid, gpus=gpus,
-                           log=str(log_path), attempts=entry.get("attempts", 0) + 1,
+        self.ledger.update(job.id, state="running", backend="local", pid=proc.pid,
+                           pid_start=start_token(proc.pid), host=socket.gethostname(),
+                           gpus=gpus, log=str(log_path), attempts=entry.get("attempts", 0) + 1,
                            exit_status=None, reason=None)
-        return _Running(job, proc, gpus, log, time.monotonic())
+        return _Running(job, proc, gpus, log, time.monotonic(), log_path)
+
+    def _adopt(self, job: Job) -> _Running:
+        entry = self.ledger.jobs[job.id]
+        pid = entry["pid"]
+        self.ledger.update(job.id, state="running", reason=f"adopted: started by an earlier "
+                           f"launch whose launcher stopped; still running (pid {pid})")
+        gpus = [str(g) for g in entry.get("gpus") or []]
+        log = entry.get("log")
+        return _Running(job, _Adopted(pid, entry.get("pid_start")), gpus, None,
+                        time.monotonic(), Path(log) if log else None)
 
     def _finish(self, r: _Running) -> str:
-        r.log.close()
+        if r.log is not None:
+            r.log.close()
         rc = r.proc.returncode
         status = read_status(r.job.output_dir) or {}
-        if rc == 0 and is_complete(r.job.output_dir):
+        if rc in (0, None) and is_complete(r.job.output_dir):
             state, reason = "completed", None
         elif self._interrupted or status.get("state") == "interrupted":
             state, reason = "interrupted", status.get("reason") or "stopped by Ctrl-C"
         else:
             state = "failed"
-            reason = status.get("reason") or (
-                f"exit status {rc}" if rc else "exited 0 without results")
+            reason = status.get("reason") or _last_word(r.log_path) or (
+                f"exit status {rc}" if rc else "exited 0 without results" if rc == 0
+                else "ended without results (adopted: its exit status is unknown)")
         self.counts[state] += 1
         self.ledger.update(r.job.id, state=state, exit_status=rc, reason=reason, pid=None)
         return state
@@ -210,3 +266,20 @@ class LocalRun:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def _last_word(log_path: Path | None) -> str | None:
+    """The job's own last word on why it stopped, when it could not write status.json (a full
+    disk): the last `quantlib.run:` line of its log."""
+    if log_path is None:
+        return None
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    said = [line.removeprefix("quantlib.run: ").strip() for line in tail.splitlines()
+            if line.startswith("quantlib.run: ")]
+    return said[-1][:500] if said else None

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jobs.procs import job_process_alive
 from quantlib.outputs import EVAL_JSON, is_complete, read_status
 
 QUEUED = {"PENDING", "REQUEUED", "READY", "CONFIGURING", "RESV_DEL_HOLD", "REQUEUE_HOLD"}
@@ -67,6 +68,9 @@ def job_state(entry: dict[str, Any], sched: str | None,
         return "missing", None
     if entry.get("backend") == "local":
         state = entry.get("state", "missing")
+        if state == "running" and not launcher_active and job_process_alive(entry):
+            return "running", (f"orphaned: its launcher stopped, the job runs on (pid "
+                               f"{entry.get('pid')}); a relaunch adopts it")
         if state in ("pending", "running") and not launcher_active:
             return ("interrupted", "the launcher stopped") if state == "running" else (
                 "missing", None)

@@ -83,12 +83,62 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
         run_job(config, out_dir)
         _leave_process_group()
         return 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / CONFIG, config)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _job_lock(out_dir)
+    except OSError as exc:
+        print(f"quantlib.run: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        return 1
+    if lock is None:
+        return DUPLICATE
+    with lock:
+        return _run_locked(config, out_dir, reraise)
+
+
+DUPLICATE = 3  # the exit status of a run refused because the job already runs elsewhere
+LOCK = ".run.lock"
+
+
+def _job_lock(out_dir: Path):
+    """Hold the job directory for this run: a second run of the same job (a duplicate launch, an
+    orphan's relaunch) would write the same files. None, said on stderr, when another process
+    holds it; the lock ends with the process, however it ends."""
+    import fcntl
+
+    fh = open(out_dir / LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        print(f"quantlib.run: {out_dir}: this job is already running there (pid {holder}); "
+              "not started twice", file=sys.stderr)
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError as a status reason; a full disk says so in words."""
+    from jobs.errors import os_error
+
+    return os_error(exc)
+
+
+def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
     start = time.monotonic()
-    write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
-                 ended=None, job_id=config.get("job_id"),
-                 code=str(Path(__file__).resolve().parents[1]))
+    try:
+        write_json(out_dir / CONFIG, config)
+        write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
+                     ended=None, job_id=config.get("job_id"),
+                     code=str(Path(__file__).resolve().parents[1]))
+    except OSError as exc:
+        print(f"quantlib.run: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        return 1
     preemption.install()  # SIGUSR2: checkpoint at the end of the step, then stop
     if not os.environ.get("SUBMITIT_EXECUTOR"):  # under submitit, SIGTERM is its business
         signal.signal(signal.SIGTERM, _on_term)
@@ -110,16 +160,30 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
                      elapsed_s=round(time.monotonic() - start, 1))
         return 143
     except Exception as exc:  # the job fails; the reason goes to status.json, the trace to the log
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        write_status(out_dir, "failed", reason=reason, ended=now(),
-                     elapsed_s=round(time.monotonic() - start, 1))
+        reason = (_os_reason(exc) if isinstance(exc, OSError)
+                  else f"{type(exc).__name__}: {exc}").splitlines()[0][:500]
+        try:
+            write_status(out_dir, "failed", reason=reason, ended=now(),
+                         elapsed_s=round(time.monotonic() - start, 1))
+        except OSError as again:  # a full disk may refuse the marker too: the log says it
+            print(f"quantlib.run: failed: {reason}; status.json not written: "
+                  f"{_os_reason(again)}", file=sys.stderr)
         if reraise:
             raise
         traceback.print_exc()
         return 1
-    write_results(out_dir, config["task"], results, info)
-    write_status(out_dir, "completed", reason=None, ended=now(),
-                 elapsed_s=round(time.monotonic() - start, 1))
+    try:
+        write_results(out_dir, config["task"], results, info)
+        write_status(out_dir, "completed", reason=None, ended=now(),
+                     elapsed_s=round(time.monotonic() - start, 1))
+    except OSError as exc:  # trained, but its results could not be kept
+        reason = f"results not written: {_os_reason(exc)}"
+        print(f"quantlib.run: failed: {reason}", file=sys.stderr)
+        try:
+            write_status(out_dir, "failed", reason=reason, ended=now())
+        except OSError:
+            pass
+        return 1
     print(f"quantlib.run: completed: {json.dumps(results, sort_keys=True)}")
     return 0
 

@@ -14,6 +14,43 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+TOKEN_VAR = "QUANTSWEEP_TEST_TOKEN"
+
+
+def processes_with(token: str) -> list[int]:
+    """The processes whose environment carries `token` (those a test started, and theirs: job
+    scripts, the LSF stand-in's dispatchers and jobs, SLURM jobs, which inherit it)."""
+    needle = f"{TOKEN_VAR}={token}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def reap_leaked_processes(monkeypatch):
+    """Every process a test starts ends with the test, pass or fail: a failing test must not
+    leave a job requeueing itself for an hour under every later test."""
+    import signal
+    import uuid
+
+    token = uuid.uuid4().hex
+    monkeypatch.setenv(TOKEN_VAR, token)
+    yield
+    for pid in processes_with(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from quantlib.demo import write_model

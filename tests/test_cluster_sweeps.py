@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import write_spec
 
+from jobs.ledger import Ledger
 from jobs.state import job_state
 
 STANDIN = Path(__file__).parent / "lsf_standin" / "bin"
@@ -75,12 +76,18 @@ def lsf_env(tmp_path):
 
 @pytest.fixture
 def slurm():
+    """The test SLURM's environment; every job a test leaves on it is cancelled at the test's
+    end, pass or fail (the test cluster is this suite's own: tests run one at a time)."""
     env, why = slurm_env(wait=60.0)
     if env is None:
         if os.environ.get("CI") and SLURM_CONF.is_file():  # .ci/run started it: must work
             pytest.fail(why)
         pytest.skip(f"{why} (start one with tests/slurm/start.sh)")
-    return env
+    yield env
+    import getpass
+
+    subprocess.run(["scancel", f"--user={getpass.getuser()}"], env=env, capture_output=True,
+                   timeout=60)
 
 
 def cli(env, cwd, *args):
@@ -92,7 +99,7 @@ def table(env, cwd, sweep) -> dict[str, list[str]]:
     """seed -> row of `sweep status`."""
     proc = cli(env, cwd, "status", sweep)
     assert proc.returncode == 0, proc.stderr
-    ledger = json.loads((cwd / "runs" / sweep / "ledger.json").read_text())["jobs"]
+    ledger = Ledger(cwd / "runs" / sweep).data["jobs"]
     seeds = {jid: e["config"]["seed"] for jid, e in ledger.items()}
     rows = {}
     for line in proc.stdout.splitlines()[2:-1]:
@@ -245,7 +252,7 @@ def resume_scenario(env, tmp_path, tiny_model, demo_task, backend, resources) ->
     ledger_path = tmp_path / "runs/limited/ledger.json"
     deadline = time.monotonic() + 600
     while True:
-        jid, entry = next(iter(json.loads(ledger_path.read_text())["jobs"].items()))
+        jid, entry = next(iter(Ledger(ledger_path.parent).jobs.items()))
         out = Path(entry["output_dir"])
         if (out / "eval_results.json").exists():
             break
@@ -306,7 +313,7 @@ def test_a_refused_submission_is_a_one_line_error(lsf_env, tmp_path, tiny_model,
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("sweep: error: --backend lsf: `bsub` refused the submission:")
     assert "Illegal option" in last and "Traceback" not in proc.stderr
-    ledger = json.loads((tmp_path / "runs/refused/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/refused").data["jobs"]
     assert all(e["state"] == "missing" for e in ledger.values())  # nothing recorded as queued
 
 
@@ -333,7 +340,7 @@ def staged_rows(env, cwd, sweep) -> dict[tuple[str, int], list[str]]:
     """(stage, seed) -> row of `sweep status`."""
     proc = cli(env, cwd, "status", sweep)
     assert proc.returncode == 0, proc.stderr
-    ledger = json.loads((cwd / "runs" / sweep / "ledger.json").read_text())["jobs"]
+    ledger = Ledger(cwd / "runs" / sweep).data["jobs"]
     keys = {jid: ("first" if e["config"]["method"] == "fp32" else "second",
                   e["config"]["seed"]) for jid, e in ledger.items()}
     return {keys[cols[0]]: cols for cols in (re.split(r"\s{2,}", line.strip())
@@ -356,7 +363,7 @@ def staged_scenario(env, tmp_path, tiny_model, demo_task, backend, never: str):
     assert "submitted 4 jobs" in launched.stdout
     assert "2 wait for their previous-stage job" in launched.stdout
     ledger_path = tmp_path / "runs" / name / "ledger.json"
-    ledger = json.loads(ledger_path.read_text())["jobs"]
+    ledger = Ledger(ledger_path.parent).jobs
     for entry in ledger.values():
         parent = ledger.get(entry.get("after") or "")
         assert entry.get("waits_for") == (parent["scheduler_id"] if parent else None)
@@ -371,7 +378,7 @@ def staged_scenario(env, tmp_path, tiny_model, demo_task, backend, never: str):
         if time.monotonic() > deadline:
             pytest.fail(f"{got}\n{cli(env, tmp_path, 'status', name).stdout}")
         time.sleep(1.0)
-    ledger = json.loads(ledger_path.read_text())["jobs"]
+    ledger = Ledger(ledger_path.parent).jobs
     child = next(e for e in ledger.values() if e["config"]["method"] == "ptq"
                  and e["config"]["seed"] == 1)
     parent = ledger[child["after"]]
@@ -387,7 +394,7 @@ def staged_scenario(env, tmp_path, tiny_model, demo_task, backend, never: str):
     assert again.returncode == 0, again.stderr
     assert "submitted 2 jobs" in again.stdout and "2 already completed" in again.stdout
     assert "1 wait for their previous-stage job" in again.stdout
-    ledger = json.loads(ledger_path.read_text())["jobs"]
+    ledger = Ledger(ledger_path.parent).jobs
     orphan = next(e for e in ledger.values() if e["config"]["method"] == "ptq"
                   and e["config"]["seed"] == 2)
     assert orphan["waits_for"] == ledger[orphan["after"]]["scheduler_id"]
@@ -437,7 +444,7 @@ def submissions_of_10000(env, tmp_path, backend, hold):
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     assert "submitted 10000 jobs" in proc.stdout, proc.stdout
-    ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/big").data["jobs"]
     arrays = {e["scheduler_id"].split("_")[0] for e in ledger.values()}
     assert len(ledger) == 10000 and len(arrays) == 10, sorted(arrays)
     counts = sorted(sum(1 for e in ledger.values() if e["scheduler_id"].startswith(a + "_"))
@@ -501,14 +508,14 @@ exec {STANDIN}/bsub "$@"
         assert first.returncode == 2
         assert "Request aborted by esub" in first.stderr
         assert "1000 jobs submitted before that are recorded" in first.stderr
-        ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+        ledger = Ledger(tmp_path / "runs/big").data["jobs"]
         ids = [e.get("scheduler_id") for e in ledger.values()]
         assert sum(1 for i in ids if i) == 1000
         arrays = sorted({i.split("_")[0] for i in ids if i})
         again = cli(env, tmp_path, "launch", str(spec), "--backend", "lsf", "--no-prefetch")
         assert again.returncode == 0, again.stderr
         assert "submitted 1 jobs" in again.stdout and "1000 queued or running" in again.stdout
-        ledger = json.loads((tmp_path / "runs/big/ledger.json").read_text())["jobs"]
+        ledger = Ledger(tmp_path / "runs/big").data["jobs"]
         arrays = sorted({e["scheduler_id"].split("_")[0] for e in ledger.values()})
         assert all(e["attempts"] == 1 for e in ledger.values())
     finally:

@@ -15,6 +15,8 @@ import openpyxl
 import pytest
 from conftest import sweep_cli, write_spec
 
+from jobs.ledger import Ledger
+
 SPEC = """
 name: tiny
 grid:
@@ -54,7 +56,7 @@ def sweep(tmp_path_factory, tiny_model, demo_task, finetuned_model):
 
 
 def ledger(root: Path) -> dict:
-    return json.loads((root / "runs/tiny/ledger.json").read_text())["jobs"]
+    return Ledger(root / "runs/tiny").data["jobs"]
 
 
 def by_method(jobs: dict) -> dict:
@@ -125,7 +127,7 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {tmp_path}/no-such-dir}}
     assert first.returncode == 1
     assert "0 completed, 1 failed" in first.stdout
     assert "failed:" in first.stdout and "FileNotFoundError" in first.stdout
-    entry = next(iter(json.loads((tmp_path / "runs/broken/ledger.json").read_text())
+    entry = next(iter(Ledger(tmp_path / "runs/broken").data
                       ["jobs"].values()))
     assert entry["state"] == "failed" and entry["exit_status"] == 1
     assert "no-such-dir is not a directory" in entry["reason"]
@@ -133,7 +135,7 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {tmp_path}/no-such-dir}}
     assert status["state"] == "failed"
     second = sweep_cli("launch", str(spec), "--no-prefetch", cwd=tmp_path)
     assert "0 already completed" in second.stdout and "1 to run" in second.stdout
-    entry = next(iter(json.loads((tmp_path / "runs/broken/ledger.json").read_text())
+    entry = next(iter(Ledger(tmp_path / "runs/broken").data
                       ["jobs"].values()))
     assert entry["attempts"] == 2
 
@@ -148,7 +150,7 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs
     assert sweep_cli("launch", str(spec), cwd=tmp_path).returncode == 0
     forced = sweep_cli("launch", str(spec), "--force", cwd=tmp_path)
     assert forced.returncode == 0 and "1 to run" in forced.stdout
-    entry = next(iter(json.loads((tmp_path / "runs/forced/ledger.json").read_text())
+    entry = next(iter(Ledger(tmp_path / "runs/forced").data
                       ["jobs"].values()))
     assert entry["attempts"] == 2 and entry["state"] == "completed"
 
@@ -166,7 +168,7 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until the first job is training
         if ledger_path.exists():
-            jobs = json.loads(ledger_path.read_text())["jobs"]
+            jobs = Ledger(ledger_path.parent).jobs
             running = [e for e in jobs.values() if e["state"] == "running"]
             if running and "Map" in Path(running[0]["log"]).read_text(errors="replace"):
                 break
@@ -174,14 +176,13 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs
     else:
         proc.kill()
         pytest.fail("the job never started training")
-    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "interrupted" in err
-    states = sorted(e["state"] for e in json.loads(ledger_path.read_text())["jobs"].values())
+    states = sorted(e["state"] for e in Ledger(ledger_path.parent).jobs.values())
     assert states == ["interrupted", "pending"]  # the second job never started
-    entry = next(e for e in json.loads(ledger_path.read_text())["jobs"].values()
+    entry = next(e for e in Ledger(ledger_path.parent).jobs.values()
                  if e["state"] == "interrupted")
     status = json.loads((Path(entry["output_dir"]) / "status.json").read_text())
     assert status["state"] == "interrupted" and status["reason"] == "SIGINT"

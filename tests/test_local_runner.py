@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from conftest import write_spec
@@ -84,7 +83,7 @@ def test_failed_job_is_marked_and_the_rest_go_on(tmp_path):
     states = [ledger.jobs[j.id]["state"] for j in jobs]
     assert states == ["completed", "failed", "completed"]
     assert ledger.jobs[jobs[1].id]["exit_status"] == 3
-    saved = json.loads((tmp_path / "sw" / "ledger.json").read_text())
+    saved = Ledger(tmp_path / "sw").data
     assert saved["jobs"][jobs[1].id]["reason"] == "exit status 3"
 
 

@@ -46,7 +46,8 @@ def add(a, b):
     return a + b
 
 
-def sleep_forever():
+def sleep_forever(started: str):
+    Path(started).write_text("running")  # submitit installed its signal handlers before
     time.sleep(300)
 
 
@@ -136,11 +137,13 @@ def test_failure_and_states_after_jobs_age_out_of_bjobs(lsf, monkeypatch):
 def test_cancel_sends_sigint_first_and_the_job_records_it(lsf):
     executor = LsfExecutor(lsf / "log")
     executor.update_parameters(time=10)
-    job = executor.submit(sleep_forever)
-    deadline = time.monotonic() + 30
-    while "Loading pickle" not in (job.stderr() or "") and time.monotonic() < deadline:
+    started = lsf / "started"
+    job = executor.submit(sleep_forever, str(started))
+    deadline = time.monotonic() + 120
+    while not started.exists():  # the function runs: the handlers are in place
+        if time.monotonic() > deadline:
+            pytest.fail(f"the job never started: {job.state}")
         time.sleep(0.2)
-    time.sleep(1.0)  # signal handlers are installed right after the pickle loads
     job.cancel()
     wait(job)
     assert job.state == "FAILED"

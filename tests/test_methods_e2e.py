@@ -11,6 +11,8 @@ import openpyxl
 import pytest
 from conftest import sweep_cli, write_spec
 
+from jobs.ledger import Ledger
+
 SPEC = """
 name: methods
 grid:
@@ -62,7 +64,7 @@ def sweep(tmp_path_factory, finetuned):
     spec = write_spec(root, SPEC.format(model=model, data=data))
     proc = sweep_cli("launch", str(spec), "--backend", "local", "--max-parallel", "2", cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    jobs = json.loads((root / "runs/methods/ledger.json").read_text())["jobs"]
+    jobs = Ledger(root / "runs/methods").data["jobs"]
     runs = [(e["config"], json.loads((Path(e["output_dir"]) / "eval_results.json").read_text()))
             for e in jobs.values()]
     return root, runs

@@ -20,6 +20,7 @@ from conftest import REPO, write_spec
 
 from jobs.errors import SpecError
 from jobs.grid import expand
+from jobs.ledger import Ledger
 from jobs.spec import load_spec
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -75,7 +76,7 @@ def test_hub_model_from_the_cache_and_the_job_runs_offline(tmp_path, tiny_model,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"prefetch [1/1] model {REPO_ID}" in proc.stderr
     assert str(hf_home / "hub") in proc.stderr  # where it was found
-    ledger = json.loads((tmp_path / "runs/pf/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/pf").data["jobs"]
     (entry,) = ledger.values()
     status = json.loads((tmp_path / entry["output_dir"] / "status.json").read_text())
     assert status["state"] == "completed"

@@ -74,7 +74,7 @@ def sweep(tmp_path_factory) -> Path:
 
 
 def test_ledger_keeps_the_spec_as_launched(sweep):
-    data = json.loads((sweep / "ledger.json").read_text())
+    data = Ledger(sweep).data
     assert data["spec_text"] == SPEC
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_BASE, write_spec
 
+from jobs.ledger import Ledger
 from jobs.snapshot import pythonpath_line
 
 SPEC = """
@@ -38,7 +39,7 @@ def test_a_job_launched_from_the_checkout_runs_the_snapshot(tmp_path, tiny_model
     assert proc.returncode == 0, proc.stdout + proc.stderr
     deadline = time.monotonic() + 300
     while True:
-        (entry,) = json.loads((sweep / "ledger.json").read_text())["jobs"].values()
+        (entry,) = Ledger(sweep).data["jobs"].values()
         status_path = Path(entry["output_dir"]) / "status.json"
         status = json.loads(status_path.read_text()) if status_path.exists() else {}
         if status.get("state") in ("completed", "failed"):

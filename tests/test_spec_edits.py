@@ -11,6 +11,7 @@ import openpyxl
 from conftest import sweep_cli, write_spec
 
 from jobs.grid import expand
+from jobs.ledger import Ledger
 from jobs.spec import load_spec
 
 BASE = """
@@ -53,7 +54,7 @@ def test_relaunch_after_an_edit_runs_only_the_new_job(tmp_path, tiny_model, demo
     spec = write_spec(tmp_path, text)
     first = sweep_cli("launch", str(spec), "--backend", "local", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    ledger = json.loads((tmp_path / "runs/edit/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/edit").data["jobs"]
     dirs = {jid: e["output_dir"] for jid, e in ledger.items()}
     # a new job that varies a key no other job has, and the default seed written out
     edited = text.replace("logging_steps: 1000", "logging_steps: 1000\n  seed: 42")
@@ -62,7 +63,7 @@ def test_relaunch_after_an_edit_runs_only_the_new_job(tmp_path, tiny_model, demo
     second = sweep_cli("launch", str(spec), "--backend", "local", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "3 jobs, 2 already completed" in second.stdout and "1 to run" in second.stdout
-    ledger = json.loads((tmp_path / "runs/edit/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/edit").data["jobs"]
     assert {jid: ledger[jid]["output_dir"] for jid in dirs} == dirs
     assert sum(e["attempts"] for e in ledger.values()) == 3
 
@@ -97,14 +98,14 @@ def test_a_job_recorded_under_an_earlier_id_is_not_run_again(tmp_path, tiny_mode
     data = json.loads(path.read_text())
     (jid, entry), = data["jobs"].items()
     old_dir = tmp_path / "runs/edit/jobs/task=sst2_lr-old"
-    (tmp_path / entry["output_dir"]).rename(old_dir)
+    (tmp_path / "runs/edit" / entry["output_dir"]).rename(old_dir)
     entry["output_dir"] = str(old_dir)
     data["jobs"] = {"0ldid00000": entry}
     path.write_text(json.dumps(data))
     again = sweep_cli("launch", str(spec), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "1 already completed" in again.stdout and "0 to run" in again.stdout
-    data = json.loads(path.read_text())
+    data = Ledger(path.parent).data
     assert list(data["jobs"]) == [jid]
     assert data["jobs"][jid]["output_dir"] == str(old_dir)
     assert data["jobs"][jid]["adopted_from"] == "0ldid00000"

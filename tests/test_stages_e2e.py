@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest import REPO, sweep_cli, write_spec
 
+from jobs.ledger import Ledger
+
 EPOCHS = {"finetune_epochs": 6, "epochs": 2, "distil_epochs": 2, "qat_epochs": 1,
           "sparse_epochs": 1}
 
@@ -100,7 +102,7 @@ def launch(tmp_path: Path, raw: dict, *extra: str):
 
 
 def ledger(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "ledger.json").read_text())["jobs"]
+    return Ledger(sweep_dir).data["jobs"]
 
 
 def outputs(entry: dict) -> tuple[dict, dict, dict]:

@@ -4,6 +4,7 @@ is missing everywhere; every file written takes the mode the umask gives (not mk
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import stat
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_BASE, write_spec
+
+from jobs.ledger import Ledger
 
 SPEC = """
 name: files
@@ -31,7 +34,7 @@ def sweep(tmp_path, tiny_model, demo_task):
     spec = write_spec(tmp_path, SPEC.format(model=tiny_model, data=demo_task))
     proc = cli(tmp_path, "launch", str(spec))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ledger = json.loads((tmp_path / "runs/files/ledger.json").read_text())["jobs"]
+    ledger = Ledger(tmp_path / "runs/files").data["jobs"]
     dirs = {e["config"]["seed"]: Path(e["output_dir"]) for e in ledger.values()}
     return tmp_path, spec, dirs
 
@@ -74,3 +77,42 @@ def test_files_take_the_mode_the_umask_gives(sweep):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert cli(cwd, "collect", "runs/files", "-o", "private.xlsx", umask=0o077).returncode == 0
     assert stat.S_IMODE((cwd / "private.xlsx").stat().st_mode) == 0o600
+
+
+def test_a_sweep_moved_or_copied_is_itself(sweep):
+    """Paths inside a sweep are relative to it: a copy collects as itself, a moved sweep's
+    status, collect and relaunch find its jobs; the same job found twice counts once."""
+    import shutil
+
+    cwd, spec, dirs = sweep
+    ledger_text = (cwd / "runs/files/ledger.json").read_text()
+    for entry in json.loads(ledger_text)["jobs"].values():
+        assert not os.path.isabs(entry["output_dir"]) and not os.path.isabs(entry["log"])
+    shutil.copytree(cwd / "runs/files", cwd / "copy")
+    # the copy's results differ from the original's: which one is read shows
+    for out in (cwd / "copy/jobs").iterdir():
+        results = json.loads((out / "eval_results.json").read_text())
+        results["eval_accuracy"] = 0.125
+        (out / "eval_results.json").write_text(json.dumps(results))
+    for where in ("copy", "runs/files"):
+        name = f"{where.replace('/', '_')}.csv"
+        proc = cli(cwd, "collect", where, "--to", "csv", "-o", name)
+        assert proc.returncode == 0, proc.stderr
+        assert "2 jobs (2 completed" in proc.stdout, proc.stdout
+        with open(cwd / name, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {Path(r["output_dir"]).parent.parent for r in rows} == {cwd / where}, rows
+        assert [float(r["eval_accuracy"]) == 0.125 for r in rows] == [where == "copy"] * 2
+    both = cli(cwd, "collect", "copy", "runs/files", "--to", "csv", "-o", "both.csv")
+    assert "2 jobs (2 completed" in both.stdout, both.stdout + both.stderr
+    assert "counted once" in both.stderr
+
+    (cwd / "elsewhere").mkdir()
+    shutil.move(cwd / "runs/files", cwd / "elsewhere/files")
+    status = cli(cwd, "status", "elsewhere/files").stdout
+    assert status.count(" completed ") == 2 and "missing" not in status, status
+    assert "2 jobs (2 completed" in cli(cwd, "collect", "elsewhere/files", "--to", "csv", "-o",
+                                        "moved.csv").stdout
+    again = cli(cwd, "launch", str(spec), "--sweep-dir", "elsewhere/files")
+    assert "2 already completed" in again.stdout and "0 to run" in again.stdout, again.stdout
+    assert not (cwd / "runs/files").exists()
