@@ -25,7 +25,8 @@ from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
 LEDGER = "ledger.json"
 SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "snapshots", "submitit",
              "__pycache__"}
-RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node")  # bookkeeping, not config
+# bookkeeping, not config
+RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node", "max_requeues")
 STAGE_KEYS = ("stage", "after")  # bookkeeping of staged sweeps: kept only where set
 OURS = "quantsweep"
 

@@ -50,9 +50,10 @@ def executor_parameters(backend: str, name: str, res: Resources,
                     "constraint": res.slurm.constraint}
         params.update({k: v for k, v in optional.items() if v})
         return params
-    return {"setup": setup, "job_name": name, "time": res.time_minutes, "cpus": res.cpus,
-            "mem_mb": res.mem_mb, "gpus": res.gpus, "queue": res.queue, "project": res.project,
-            "array_parallelism": res.array_parallelism, "gpu_syntax": res.lsf.gpu_syntax,
+    return {"shell_setup": setup, "jobname": name, "run_limit_min": res.time_minutes,
+            "cpus": res.cpus, "mem_mb": res.mem_mb, "gpus": res.gpus, "queue": res.queue,
+            "project": res.project, "array_limit": res.array_parallelism,
+            "gpu_syntax": res.lsf.gpu_syntax,
             "gpu_resource": res.lsf.gpu_resource, "mem_per": res.lsf.mem_per,
             "warn_minutes": res.lsf.warn_minutes, "extra": list(res.lsf.extra)}
 
@@ -85,11 +86,13 @@ def make_executor(backend: str, folder: Path, name: str, res: Resources,
     if backend == "slurm":
         from submitit import SlurmExecutor
 
-        executor = SlurmExecutor(folder=folder, python=_python(res))
+        executor = SlurmExecutor(folder=folder, python=_python(res),
+                                 max_num_timeout=res.max_requeues)
     else:
         from jobs.lsf import LsfExecutor
 
-        executor = LsfExecutor(folder=folder, python=_python(res))
+        executor = LsfExecutor(folder=folder, python=_python(res),
+                               max_num_timeout=res.max_requeues)
     params = {k: v for k, v in executor_parameters(backend, name, res, setup).items()
               if v is not None}
     executor.update_parameters(**params)
@@ -104,7 +107,7 @@ def dependency_parameters(backend: str, res: Resources, after: str) -> dict[str,
         return {"additional_parameters": {**_slurm_extra(res.slurm.extra),
                                           "dependency": f"afterok:{after}",
                                           "kill-on-invalid-dep": "yes"}}
-    return {"dependency": after}
+    return {"wait_done": after}
 
 
 def submit(backend: str, folder: Path, name: str, res: Resources,

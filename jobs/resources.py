@@ -48,6 +48,7 @@ class Resources:
     queue: str | None = None  # LSF queue, SLURM partition unless slurm.partition is set
     project: str | None = None  # LSF -P, SLURM --account unless slurm.account is set
     array_parallelism: int | None = None
+    max_requeues: int = 3  # time-limit requeues of one job (submitit's max_num_timeout)
     lsf: LsfOptions = field(default_factory=LsfOptions)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     setup: list[str] = field(default_factory=list)  # the user's shell lines, run before the job
@@ -167,7 +168,7 @@ def parse_resources(raw: Any, path: str) -> Resources:
     if raw is None:
         return Resources()
     allowed = ["gpus", "cpus", "mem", "time", "queue", "partition", "project", "account",
-               "array_parallelism", "lsf", "slurm", "setup", "env", "python"]
+               "array_parallelism", "max_requeues", "lsf", "slurm", "setup", "env", "python"]
     if not isinstance(raw, dict):
         raise SpecError(path, "resources", f"must be a mapping with keys {', '.join(allowed)}")
     res = Resources()
@@ -176,8 +177,8 @@ def parse_resources(raw: Any, path: str) -> Resources:
         if key not in allowed:
             raise SpecError(path, where, f"unknown key{suggest(key, allowed)}; "
                                          f"allowed: {', '.join(allowed)}")
-        if key in ("gpus", "cpus", "array_parallelism"):
-            lo = 0 if key == "gpus" else 1
+        if key in ("gpus", "cpus", "array_parallelism", "max_requeues"):
+            lo = 0 if key in ("gpus", "max_requeues") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise SpecError(path, where, f"{value!r} is not a whole number >= {lo}")
             setattr(res, key, value)

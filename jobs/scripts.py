@@ -54,7 +54,8 @@ def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
             assert job.upstream_dir is not None and value == MARKER + str(job.after)
             config[key] = str(job.upstream_dir / "model")
     config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
-                  nproc_per_node=max(1, spec.resources.gpus), stage=job.stage or None,
+                  nproc_per_node=max(1, spec.resources.gpus),
+                  max_requeues=spec.resources.max_requeues, stage=job.stage or None,
                   after=job.after)
     return config
 

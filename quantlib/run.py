@@ -123,10 +123,14 @@ def _job_lock(out_dir: Path):
 
 
 def _os_reason(exc: OSError) -> str:
-    """An OSError as a status reason; a full disk says so in words."""
+    """An OSError as a status reason; a full disk (or a read-only one) says so in words."""
+    import errno
+
     from jobs.errors import os_error
 
-    return os_error(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return os_error(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
@@ -147,7 +151,7 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
         _leave_process_group()
     except preemption.Preempted as exc:
         write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
-                     elapsed_s=round(time.monotonic() - start, 1))
+                     elapsed_s=round(time.monotonic() - start, 1), checkpoint_step=exc.step)
         print(f"quantlib.run: {exc}; run it again to resume", file=sys.stderr)
         return preemption.REQUEUE
     except KeyboardInterrupt:
@@ -188,6 +192,33 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
     return 0
 
 
+def _count_requeue(out_dir: Path, limit: int, job_id: str) -> int:
+    """Count a requeue of the scheduler job `job_id` in status.json and return how many are
+    left after it; raise (the job fails, with the reason in status.json) when the limit is
+    reached, or when the checkpoint did not advance since the previous requeue: a time limit
+    too short for a single step would otherwise requeue the job forever."""
+    from quantlib.outputs import read_status
+
+    status = read_status(out_dir) or {}
+    same_job = status.get("requeued_job") == job_id  # a new submission starts counting anew
+    done = int(status.get("requeues") or 0) if same_job else 0
+    previous = status.get("requeued_at_step") if same_job else None
+    step = status.get("checkpoint_step")
+    why = None
+    if done >= limit:
+        why = (f"requeued {done} times already, the most resources.max_requeues allows "
+               f"({limit}): not requeued again")
+    elif previous is not None and step is not None and step <= previous:
+        why = (f"time limit too short: no progress between requeues (checkpoint at step {step}"
+               f", the previous one at step {previous})")
+    if why:
+        write_status(out_dir, "failed", reason=why, ended=now())
+        raise RuntimeError(f"job failed: {why}")
+    write_status(out_dir, "interrupted", requeues=done + 1, requeued_at_step=step,
+                 requeued_job=job_id)
+    return limit - done - 1
+
+
 def run_config(config_path: str) -> dict:
     """What cluster jobs run (pickled by reference by submitit): the entry point, in process.
     Returns the results; raises when the job did not complete, so the scheduler's record and
@@ -207,7 +238,9 @@ def run_config(config_path: str) -> dict:
     if rc == preemption.REQUEUE:
         import submitit
 
-        submitit.JobEnvironment()._requeue(0)  # scontrol requeue / brequeue: same job again
+        env = submitit.JobEnvironment()
+        left = _count_requeue(out_dir, int(config.get("max_requeues", 3)), env.job_id)
+        env._requeue(left)  # scontrol requeue / brequeue: the same job again, still running
         raise SystemExit(rc)  # no result: the requeued run resumes from the checkpoint
     if rc != 0:
         status = read_status(out_dir) or {}

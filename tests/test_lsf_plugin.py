@@ -33,9 +33,12 @@ def lsf(tmp_path, monkeypatch):
 
 
 def wait(job, seconds=60):
-    """Until the job is done and its script has recorded its exit code."""
+    """Until the job is done, its script has recorded its exit code, and LSF has finished it
+    (bjobs: DONE or EXIT; only then are its -o/-e files written, unless LSB_STDOUT_DIRECT)."""
     deadline = time.monotonic() + seconds
-    while not (job.done(force_check=True) and job.exit_code_file.exists()):
+    while not (job.done(force_check=True) and job.exit_code_file.exists()
+               and job.watcher.get_state(job.job_id, mode="force") not in ("RUNNING",
+                                                                             "PENDING")):
         if time.monotonic() > deadline:
             job.cancel(check=False)
             pytest.fail(f"job {job.job_id} did not finish in {seconds}s: {job.state}")
@@ -92,7 +95,7 @@ def test_auto_executor_submits_and_gets_the_result(lsf):
 
 def test_map_array_runs_every_element_with_the_parallelism_cap(lsf):
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(job_name="arr", array_parallelism=2, time=10)
+    executor.update_parameters(jobname="arr", array_limit=2, run_limit_min=10)
     jobs = executor.map_array(add, [1, 2, 3, 4], [10, 20, 30, 40])
     array_id = jobs[0].job_id.split("_")[0]
     assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(1, 5)]
@@ -107,7 +110,7 @@ def test_map_array_runs_every_element_with_the_parallelism_cap(lsf):
 def test_arrays_are_chunked(lsf, monkeypatch):
     monkeypatch.setattr(lsf_module, "MAX_ARRAY", 2)
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(time=10)
+    executor.update_parameters(run_limit_min=10)
     jobs = executor.map_array(add, [1, 2, 3, 4, 5], [0] * 5)
     assert len({j.job_id.split("_")[0] for j in jobs}) == 3
     for j in jobs:
@@ -118,7 +121,7 @@ def test_arrays_are_chunked(lsf, monkeypatch):
 def test_failure_and_states_after_jobs_age_out_of_bjobs(lsf, monkeypatch):
     monkeypatch.setenv("LSF_STANDIN_CLEAN_PERIOD", "0")  # bjobs forgets finished jobs at once
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(time=10)
+    executor.update_parameters(run_limit_min=10)
     good, bad = executor.submit(add, 1, 1), executor.submit(fail)
     wait(good)
     wait(bad)
@@ -136,7 +139,7 @@ def test_failure_and_states_after_jobs_age_out_of_bjobs(lsf, monkeypatch):
 
 def test_cancel_sends_sigint_first_and_the_job_records_it(lsf):
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(time=10)
+    executor.update_parameters(run_limit_min=10)
     started = lsf / "started"
     job = executor.submit(sleep_forever, str(started))
     deadline = time.monotonic() + 120
@@ -146,20 +149,80 @@ def test_cancel_sends_sigint_first_and_the_job_records_it(lsf):
         time.sleep(0.2)
     job.cancel()
     wait(job)
-    assert job.state == "FAILED"
+    assert job.state == "CANCELLED"  # as SLURM reports a cancelled job, not FAILED
     assert job.exit_code_file.read_text().strip() == "130"  # died of SIGINT, recorded
     reason = job.paths.folder / f"{job.job_id}_stop_reason"
     assert reason.read_text().startswith("SIGINT")
 
 
-def test_checkpoint_and_requeue_at_the_run_limit(lsf, monkeypatch):
+@pytest.mark.parametrize("scope,direct", [("group", ""), ("top", "Y")])
+def test_checkpoint_and_requeue_at_the_run_limit(lsf, monkeypatch, scope, direct):
+    """Whether the site's LSF signals every process of the job or its top process only, and
+    whether output is written directly or copied at the end: the warning reaches Python, the
+    job shell survives it, the job requeues itself while running and resumes."""
     monkeypatch.setenv("LSF_STANDIN_MINUTE", "3")  # -W 1 = 3 s: USR2 then, kill 30 s later
+    monkeypatch.setenv("LSF_STANDIN_SIGNAL_SCOPE", scope)
+    monkeypatch.setenv("LSB_STDOUT_DIRECT", direct)
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(time=1)
+    executor.update_parameters(run_limit_min=1)
     job = executor.submit(ResumeAfterRequeue(), str(lsf / "marker"))
     wait(job, seconds=90)
     assert job.result() == "resumed after requeue"  # only the requeued second run says so
-    assert "Caught signal SIGUSR2" in (job.stderr() or "")
+    err = job.stderr() or ""
+    assert "Caught signal SIGUSR2" in err and "USR2 passed on to the job" in err
+    assert err.count("Caught signal SIGUSR2") == 1  # twice delivered (group), taken once
+    out = job.stdout() or ""
+    assert out.count("Sender: LSF System") == 2  # a job report per run: requeued, then done
+    assert job.state == "COMPLETED"
+
+
+def test_the_stand_in_refuses_what_lsf_refuses(lsf):
+    """The stand-in's strict rules, each from IBM's LSF 10.1 pages cited in it."""
+    def run(*cmd, script=None):
+        return subprocess.run(list(cmd), input=script, capture_output=True, text=True,
+                              timeout=60)
+
+    ok = run("bsub", script="#BSUB -J ok\n#BSUB -o " + str(lsf / "ok.out") + "\ntrue\n")
+    assert ok.returncode == 0, ok.stderr
+    jobid = ok.stdout.split("<")[1].split(">")[0]
+    for bad in ("#BSUB -n 0", "#BSUB -n two", "#BSUB -M lots", '#BSUB -R "spam[x]"',
+                '#BSUB -gpu "num=x"', "#BSUB -q nosuchqueue", '#BSUB -w "done(999999)"'):
+        refused = run("bsub", script=f"{bad}\ntrue\n")
+        assert refused.returncode != 0 and "Job not submitted" in refused.stderr, bad
+    deadline = time.monotonic() + 30
+    while "DONE" not in run("bjobs", "-a", jobid).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "Successfully completed." in (lsf / "ok.out").read_text()  # the job report
+    finished = run("brequeue", jobid)  # a finished job: only with -d / -e / -a
+    assert finished.returncode != 0 and "finished" in finished.stderr
+    assert run("bkill", jobid).returncode != 0  # nothing left to kill
+    assert run("bkill", "999999").returncode != 0  # unknown
+    assert run("brequeue", "-d", jobid).returncode == 0  # DONE, requeued on request
+
+
+def test_the_job_shell_outlives_the_warning_and_passes_it_on(lsf, monkeypatch):
+    """LSF's warning action (-wa USR2 -wt) reaches the job's shell: the shell must not die of
+    it (EXIT 140 with Python orphaned); the command gets it once."""
+    monkeypatch.setenv("LSF_STANDIN_MINUTE", "3")
+    monkeypatch.setenv("LSF_STANDIN_SIGNAL_SCOPE", "top")  # the shell alone gets it
+    executor = LsfExecutor(lsf / "log")
+    executor.update_parameters(run_limit_min=2, warn_minutes=1)  # USR2 at 3 s
+    job = executor.submit(count_usr2, str(lsf / "usr2"), 5.0)  # ends before the limit
+    wait(job, seconds=60)
+    assert job.result() == 1
+    assert job.state == "COMPLETED"
+
+
+def count_usr2(path: str, seconds: float) -> int:
+    import signal as signals
+
+    got = []
+    signals.signal(signals.SIGUSR2, lambda *_: got.append(1))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.1)
+    return len(got)
 
 
 def test_status_parsing():
@@ -190,3 +253,116 @@ def test_missing_bsub_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match='"bsub"'):
         LsfExecutor(tmp_path)
+
+
+def where_am_i() -> dict:
+    env = submitit.JobEnvironment()
+    return {"job_id": env.job_id, "array_task_id": env.array_task_id}
+
+
+def test_generic_parameters_as_hydra_sends_them(lsf):
+    """submitit's generic parameters (hydra-submitit-launcher always sends nodes,
+    tasks_per_node, stderr_to_stdout) are accepted; several nodes or tasks is a clear error."""
+    executor = submitit.AutoExecutor(folder=lsf / "log", cluster="lsf")
+    executor.update_parameters(nodes=1, tasks_per_node=1, stderr_to_stdout=True, timeout_min=5,
+                               name="gen", mem_gb=1, cpus_per_task=1, gpus_per_node=0,
+                               lsf_array_limit=2)
+    job = executor.submit(add, 1, 2)
+    wait(job)
+    assert job.result() == 3
+    script = job.paths.submission_file.read_text().splitlines()
+    assert "#BSUB -W 0:05" in script and not any(x.startswith("#BSUB -e") for x in script)
+    for bad in ({"nodes": 2}, {"tasks_per_node": 4}):
+        with pytest.raises(ValueError, match="not supported"):
+            executor.update_parameters(**bad)
+    direct = LsfExecutor(lsf / "log")  # the generic names work without AutoExecutor too
+    direct.update_parameters(timeout_min=7, name="direct", nodes=1)
+    assert direct.parameters["run_limit_min"] == 7 and direct.parameters["jobname"] == "direct"
+
+
+def test_job_id_in_the_folder(lsf):
+    """submitit's README idiom folder=".../%j": each job's logs, pickles and exit code in its
+    own directory (LSF makes it at the job's start: -outdir)."""
+    executor = LsfExecutor(lsf / "logs" / "%j")
+    executor.update_parameters(run_limit_min=5)
+    job = executor.submit(where_am_i)
+    wait(job)
+    assert job.result() == {"job_id": job.job_id, "array_task_id": None}  # not an array
+    folder = lsf / "logs" / job.job_id
+    assert job.paths.folder == folder and job.paths.stdout.exists()
+    assert (folder / f"{job.job_id}_exit_code").read_text().strip() == "0"
+    assert not (lsf / "logs" / "%j").exists()
+    array = LsfExecutor(lsf / "arr" / "%j")
+    array.update_parameters(run_limit_min=5)
+    elements = array.map_array(add, [1, 2], [3, 4])
+    for element in elements:
+        wait(element)
+    assert [e.result() for e in elements] == [4, 6]
+    for element in elements:
+        assert (lsf / "arr" / element.job_id / f"{element.job_id}_0_log.out").exists()
+
+
+def test_array_elements_know_their_index(lsf):
+    executor = LsfExecutor(lsf / "log")
+    executor.update_parameters(run_limit_min=5)
+    elements = executor.map_array(lambda_free_where, [0, 0])
+    for element in elements:
+        wait(element)
+    assert [e.result()["array_task_id"] for e in elements] == ["1", "2"]
+
+
+def lambda_free_where(_: int) -> dict:
+    return where_am_i()
+
+
+def test_a_forgotten_job_without_an_exit_code_fails_in_bounded_time(lsf, monkeypatch):
+    """bjobs no longer knows the job and it left no exit-code file (killed with its node):
+    result() does not wait forever."""
+    monkeypatch.setattr(lsf_module.LsfJob, "lost_after_s", 1.0)
+    monkeypatch.setattr(lsf_module.LsfInfoWatcher, "_delay_s", 0.1, raising=False)
+    (lsf / "log").mkdir()
+    job = lsf_module.LsfJob(folder=lsf / "log", job_id="987654")
+    job.watcher.register_job(job.job_id)
+    job.watcher.update()
+    assert job.state == "UNKNOWN"  # not yet: LSF may simply not have answered
+    deadline = time.monotonic() + 30
+    while not job.done(force_check=True):
+        assert time.monotonic() < deadline, "result() would wait forever"
+        time.sleep(0.2)
+    assert job.state == "FAILED"
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        job.result()
+
+
+def test_installing_the_plugin_changes_nothing_for_slurm_users(tmp_path, monkeypatch):
+    """AutoExecutor maps an unprefixed executor parameter to the last executor declaring it:
+    the LSF plugin declares none of SLURM's (or local's) names, so SLURM users' parameters
+    reach SLURM exactly as without quantsweep."""
+    import warnings
+
+    fake_bin = tmp_path / "bin"  # submitit's SlurmExecutor wants srun on PATH
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{STANDIN}:{os.environ['PATH']}")
+
+    def slurm_parameters() -> tuple[dict, list[str]]:
+        plugins._get_plugins.cache_clear()
+        plugins.get_executors.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex = submitit.AutoExecutor(folder=tmp_path / "s", cluster="slurm")
+            ex.update_parameters(time=77, array_parallelism=3, job_name="mine", setup=["x"],
+                                 timeout_min=5, slurm_partition="p")
+        return dict(ex._executor.parameters), [str(w.message) for w in caught]
+
+    with_plugin = slurm_parameters()
+    assert "lsf" in plugins.get_executors()
+    monkeypatch.setattr(plugins, "_iter_submitit_entrypoints", lambda: [])
+    without_plugin = slurm_parameters()
+    assert "lsf" not in plugins.get_executors()
+    monkeypatch.undo()
+    plugins._get_plugins.cache_clear()
+    plugins.get_executors.cache_clear()
+    assert with_plugin == without_plugin
+    assert with_plugin[0]["time"] == 77 and with_plugin[0]["array_parallelism"] == 3

@@ -65,7 +65,12 @@ class LsfInfoWatcher(core.InfoWatcher):
         except (OSError, subprocess.SubprocessError) as exc:
             logger.get_logger().warning(f"bjobs failed ({exc}); job states may be stale")
         else:
-            self._info_dict.update(self.read_info(proc.stdout))
+            info = self.read_info(proc.stdout)
+            asked = set(command[5:])
+            for job_id in self._registered - self._finished:  # bjobs forgot it (CLEAN_PERIOD):
+                if job_id.split("_")[0] in asked and job_id not in info:  # not its last state
+                    info[job_id] = {"State": "UNKNOWN", "LsfState": "", "ExitCode": ""}
+            self._info_dict.update(info)
         self._last_status_check = time.time()
         for job_id in self._registered - self._finished:
             if self.is_done(job_id, mode="cache"):
@@ -91,8 +96,23 @@ class LsfInfoWatcher(core.InfoWatcher):
 
 
 class LsfJob(core.Job[core.R]):
+    """A submitted LSF job. Its state comes from its own files first (they outlive bjobs'
+    memory: CLEAN_PERIOD), then from bjobs: the exit-code file (COMPLETED / FAILED), the
+    cancel marker cancel() leaves (CANCELLED), the requeue marker a requeue leaves until the
+    next run starts (PENDING, never FAILED in between). A job neither bjobs nor its files know
+    of for `lost_after_s` is FAILED: result() never waits forever."""
+
     _cancel_command = "bkill"
     watcher = LsfInfoWatcher(delay_s=60)
+    lost_after_s = 120.0
+
+    def __init__(self, folder: str | Path, job_id: str, tasks: tp.Sequence[int] = (0,)):
+        super().__init__(folder, job_id, tasks)
+        self._unknown_since: float | None = None
+        self._lost_said = False
+
+    def _marker(self, what: str) -> Path:
+        return self.paths.folder / f"{self.job_id}_{what}"
 
     @property
     def exit_code_file(self) -> Path:
@@ -106,20 +126,46 @@ class LsfJob(core.Job[core.R]):
 
     @property
     def state(self) -> str:
-        """The job's own exit-code file first (it outlives bjobs' memory), then bjobs."""
         code = self._exit_code()
         if code is not None:
+            if self._marker("cancelled").exists():
+                return "CANCELLED"
             return "COMPLETED" if code == 0 else "FAILED"
-        return self.watcher.get_state(self.job_id, mode="standard")
+        state = self.watcher.get_state(self.job_id, mode="standard")
+        if self._marker("requeued").exists() and state in ("FAILED", "UNKNOWN", "COMPLETED"):
+            return "PENDING"  # brequeue'd: between its runs; the next run removes the marker
+        if state == "FAILED" and self._marker("cancelled").exists():
+            return "CANCELLED"
+        if state != "UNKNOWN":
+            self._unknown_since = None
+            return state
+        if self._unknown_since is None:
+            self._unknown_since = time.monotonic()
+        if time.monotonic() - self._unknown_since > self.lost_after_s:
+            if not self._lost_said:
+                self._lost_said = True
+                logger.get_logger().warning(
+                    f"LSF job {lsf_target(self.job_id)}: bjobs does not know it (any more) and "
+                    f"it left no exit code in {self.paths.folder} for "
+                    f"{self.lost_after_s:.0f}s: lost (FAILED)")
+            return "FAILED"
+        return state
 
     def done(self, force_check: bool = False) -> bool:
         if self._exit_code() is not None:
             return True
+        if self.state in ("FAILED", "CANCELLED") and self._exit_code() is None:
+            return not self._marker("requeued").exists()
         return super().done(force_check)
 
     def cancel(self, check: bool = True) -> None:
+        try:
+            self._marker("cancelled").write_text("bkill\n")
+        except OSError:
+            pass
         (subprocess.check_call if check else subprocess.call)(
-            ["bkill", lsf_target(self.job_id)], stdout=subprocess.DEVNULL)
+            ["bkill", lsf_target(self.job_id)], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
 
 
 class LsfJobEnvironment(job_environment.JobEnvironment):
@@ -127,6 +173,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
             "num_tasks": "QUANTSWEEP_NUM_TASKS", "num_nodes": "QUANTSWEEP_NUM_NODES",
             "node": "QUANTSWEEP_NODE", "global_rank": "QUANTSWEEP_RANK",
             "local_rank": "QUANTSWEEP_LOCAL_RANK"}
+    repeat_window_s = 10.0  # a signal again within this is the same request (see make_bsub_script)
 
     @property
     def job_id(self) -> str:
@@ -139,17 +186,35 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         return None if index in ("", "0") else self.raw_job_id
 
     @property
+    def array_task_id(self) -> str | None:
+        """None for a job that is not an array element (LSF sets LSB_JOBINDEX=0), as SLURM."""
+        index = os.environ.get("LSB_JOBINDEX", "0")
+        return None if index in ("", "0") else index
+
+    @property
     def hostnames(self) -> list[str]:
         hosts = os.environ.get("LSB_HOSTS", "").split()
         return list(dict.fromkeys(hosts)) or [self.hostname]
 
     def _requeue(self, countdown: int) -> None:
+        """brequeue this running job: LSF kills it and queues it again (PEND). The marker tells
+        the job script not to record an exit code, and LsfJob that the job is pending."""
         target = lsf_target(self.job_id)
+        folder = os.environ.get("SUBMITIT_FOLDER")
+        if folder:
+            try:
+                (utils.JobPaths(folder, self.job_id).folder / f"{self.job_id}_requeued"
+                 ).write_text(f"{countdown}\n")
+            except OSError:
+                pass
         subprocess.check_call(["brequeue", target], timeout=60, stdout=subprocess.DEVNULL)
-        logger.get_logger().info(f"Requeued job {target} ({countdown} remaining timeouts)")
+        logger.get_logger().info(f"Requeued job {target} ({countdown} remaining requeues)")
 
     def _handle_signals(self, paths: utils.JobPaths, submission: utils.DelayedSubmission) -> None:
         super()._handle_signals(paths, submission)
+        usr = signal.getsignal(self._usr_sig())
+        if callable(usr):
+            signal.signal(self._usr_sig(), _once_within(usr, self.repeat_window_s))
         # bkill and memory-limit kills start with SIGINT: record why the job stopped
         reason_file = paths.folder / f"{self.job_id}_stop_reason"
 
@@ -158,15 +223,36 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
             logger.get_logger().warning("Caught SIGINT (bkill, or a memory limit)")
             raise KeyboardInterrupt
 
-        signal.signal(signal.SIGINT, on_sigint)
+        signal.signal(signal.SIGINT, _once_within(on_sigint, self.repeat_window_s))
+
+
+def _once_within(handler: tp.Callable, window_s: float) -> tp.Callable:
+    """A signal handler that takes the same signal again within `window_s` as the same request
+    (LSF may deliver it to every process of the job, and the job script passes it on too)."""
+    last: dict[int, float] = {}
+
+    def once(signum, frame):
+        now = time.monotonic()
+        if now - last.get(signum, -window_s - 1) <= window_s:
+            return None
+        last[signum] = now
+        return handler(signum, frame)
+
+    return once
 
 
 class LsfExecutor(core.PicklingExecutor):
-    """Submits to LSF with bsub. Parameters (update_parameters, or lsf_<name> through
-    AutoExecutor): job_name, time (minutes), cpus, mem_mb, gpus, queue, project,
-    array_parallelism, gpu_syntax ("gpu" | "rusage"), gpu_resource, mem_per ("host" | "core"),
-    warn_minutes (-wa USR2 -wt N), extra (raw #BSUB option lines), setup (shell lines),
-    dependency (a job id, "123_4" for an array element: -w "done(123[4])")."""
+    """Submits to LSF with bsub.
+
+    Parameters (update_parameters; through AutoExecutor with the `lsf_` prefix): submitit's
+    generic ones (name, timeout_min, mem_gb, cpus_per_task, gpus_per_node, nodes,
+    tasks_per_node, stderr_to_stdout), and LSF's: jobname, run_limit_min (-W), cpus (-n),
+    mem_mb, gpus, queue, project, array_limit (the %P of -J "name[1-N]%P"), gpu_syntax ("gpu" |
+    "rusage"), gpu_resource, mem_per ("host" | "core"), warn_minutes (-wa USR2 -wt N), extra
+    (raw #BSUB option lines), shell_setup (shell lines), wait_done (a job id, "123_4" for an
+    array element: -w "done(123[4])"). No LSF name is one that another executor uses: an
+    installed plugin must not change what AutoExecutor does for SLURM or local users (it maps
+    an unprefixed name to the last executor that declares it)."""
 
     job_class = LsfJob
 
@@ -185,21 +271,27 @@ class LsfExecutor(core.PicklingExecutor):
 
     @classmethod
     def _equivalence_dict(cls) -> core.EquivalenceDict:
-        return {"name": "job_name", "timeout_min": "time", "mem_gb": "mem_gb",
+        return {"name": "jobname", "timeout_min": "run_limit_min", "mem_gb": "mem_gb",
                 "cpus_per_task": "cpus", "gpus_per_node": "gpus"}
 
     @classmethod
     def _valid_parameters(cls) -> set[str]:
-        return set(_DEFAULTS) | {"mem_gb"}
+        return set(_DEFAULTS) - {"map_count"} | {"mem_gb"}
 
     def _convert_parameters(self, params: dict[str, tp.Any]) -> dict[str, tp.Any]:
         return _mem_in_mb(super()._convert_parameters(params))
 
     def _internal_update_parameters(self, **kwargs: tp.Any) -> None:
-        kwargs = _mem_in_mb(kwargs)
+        # submitit's generic names are welcome here too (Hydra's launcher sends them)
+        kwargs = self._convert_parameters(kwargs)
         unknown = sorted(set(kwargs) - set(_DEFAULTS))
         if unknown:
-            raise ValueError(f"Unavailable parameter(s): {unknown}; valid: {sorted(_DEFAULTS)}")
+            raise ValueError(f"Unavailable parameter(s): {unknown}; valid: "
+                             f"{sorted(self._valid_parameters() | set(self._equivalence_dict()))}")
+        for key in ("nodes", "tasks_per_node"):
+            if kwargs.get(key, 1) != 1:
+                raise ValueError(f"{key}={kwargs[key]}: this LSF executor runs one task on one "
+                                 "host per job (span[hosts=1]); several are not supported")
         super()._internal_update_parameters(**kwargs)
         _resources(self.parameters)  # fails early on bad values
 
@@ -242,7 +334,7 @@ class LsfExecutor(core.PicklingExecutor):
         pickles = []
         for d in chunk:
             path = folder / f"{uuid.uuid4().hex}.pkl"
-            d.set_timeout(self.parameters["time"], self.max_num_timeout)
+            d.set_timeout(self.parameters["run_limit_min"], self.max_num_timeout)
             d.dump(path)
             pickles.append(path)
         array = LsfExecutor(self.folder, self.max_num_timeout, python=self.python)
@@ -257,10 +349,11 @@ class LsfExecutor(core.PicklingExecutor):
 
 
 _DEFAULTS: dict[str, tp.Any] = {
-    "job_name": "submitit", "time": 60, "cpus": 1, "mem_mb": 4096, "gpus": 0, "queue": None,
-    "project": None, "array_parallelism": None, "gpu_syntax": "gpu",
+    "jobname": "submitit", "run_limit_min": 60, "cpus": 1, "mem_mb": 4096, "gpus": 0,
+    "queue": None, "project": None, "array_limit": None, "gpu_syntax": "gpu",
     "gpu_resource": "ngpus_excl_p", "mem_per": "host", "warn_minutes": 0, "extra": [],
-    "setup": [], "map_count": None, "dependency": None,
+    "shell_setup": [], "map_count": None, "wait_done": None, "nodes": 1, "tasks_per_node": 1,
+    "stderr_to_stdout": False,
 }
 
 
@@ -278,35 +371,73 @@ def _resources(params: dict[str, tp.Any]) -> Resources:
     if lsf.gpu_syntax not in ("gpu", "rusage") or lsf.mem_per not in ("host", "core"):
         raise ValueError(f"gpu_syntax must be gpu or rusage and mem_per host or core: {params}")
     return Resources(gpus=params["gpus"], cpus=params["cpus"], mem_mb=params["mem_mb"],
-                     time_minutes=params["time"], queue=params["queue"],
-                     project=params["project"], array_parallelism=params["array_parallelism"],
+                     time_minutes=params["run_limit_min"], queue=params["queue"],
+                     project=params["project"], array_parallelism=params["array_limit"],
                      lsf=lsf)
+
+
+def lsf_folder(folder: str | Path, array: bool) -> str:
+    """submitit's id tags in a folder as LSF's -o / -outdir patterns: %j is the job ("123",
+    or "123_4" for an array element: LSF's %J_%I), %A the array's id, %a the element's index."""
+    text = str(Path(folder).absolute())
+    return (text.replace("%j", "%J_%I" if array else "%J").replace("%A", "%J")
+            .replace("%a", "%I").replace("%t", "0"))
+
+
+def shell_folder(folder: str | Path, array: bool) -> str:
+    """The same folder as a shell word for the job script (LSF's variables in place of the
+    tags), quoted but for the variables."""
+    text = str(Path(folder).absolute())
+    job = "${LSB_JOBID}_${LSB_JOBINDEX}" if array else "${LSB_JOBID}"
+    out = []
+    for part in re.split(r"(%[jAat])", text):
+        out.append({"%j": f'"{job}"', "%A": '"${LSB_JOBID}"', "%a": '"${LSB_JOBINDEX}"',
+                    "%t": "0"}.get(part) or (shlex.quote(part) if part else ""))
+    return "".join(out)
 
 
 def make_bsub_script(command: str, folder: str | Path, params: dict[str, tp.Any],
                      count: int | None = None) -> str:
     """The script bsub reads on stdin. It sets the SUBMITIT_* variables explicitly (LSF copies
-    the submitter's environment) and writes the exit-code file that outlives bjobs' memory."""
+    the submitter's environment) and writes the exit-code file that outlives bjobs' memory.
+
+    The command runs as the shell's child and the shell waits for it: signals that reach the
+    shell (LSF's -wa warning action, bkill's SIGINT and SIGTERM) are passed on to it, and never
+    end the shell before the command has ended. Where LSF signals every process of the job the
+    command gets a signal twice, close together; its handlers take a repeat within seconds as
+    the same request (LsfJobEnvironment, quantlib.preemption)."""
     from jobs.scripts import render_lsf_options  # jinja2, loaded only when submitting
 
-    folder = Path(folder).absolute()
-    stem = "%J_%I" if count else "%J"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", params["job_name"])[:200] or "submitit"
-    options = render_lsf_options(_resources(params), name, count,
-                                 str(folder / f"{stem}_0_log.out"),
-                                 str(folder / f"{stem}_0_log.err"), params["array_parallelism"])
-    if params.get("dependency"):
-        options = options.rstrip("\n") + f'\n#BSUB -w "done({lsf_target(params["dependency"])})"\n'
-    job_ref = '${LSB_JOBID}' + ('_${LSB_JOBINDEX}' if count else "")
-    exit_file = f'{shlex.quote(str(folder))}/"{EXIT_CODE_FILE.replace("%j", job_ref)}"'
-    lines = ["#!/bin/bash", "", "# Parameters", options.rstrip("\n"), "",
-             "# setup", *params["setup"], "",
+    array = bool(count)
+    pattern = lsf_folder(folder, array)
+    stem = "%J_%I" if array else "%J"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", params["jobname"])[:200] or "submitit"
+    options = render_lsf_options(
+        _resources(params), name, count, f"{pattern}/{stem}_0_log.out",
+        None if params["stderr_to_stdout"] else f"{pattern}/{stem}_0_log.err",
+        params["array_limit"])
+    extra = []
+    if pattern != str(Path(folder).absolute()):  # an id in the folder: LSF makes it at start
+        extra.append(f"#BSUB -outdir {shlex.quote(pattern)}")
+    if params.get("wait_done"):
+        extra.append(f'#BSUB -w "done({lsf_target(params["wait_done"])})"')
+    job_ref = '${LSB_JOBID}' + ('_${LSB_JOBINDEX}' if array else "")
+    exit_file = f'{shell_folder(folder, array)}/"{EXIT_CODE_FILE.replace("%j", job_ref)}"'
+    requeued = f'{shell_folder(folder, array)}/"{job_ref}_requeued"'
+    lines = ["#!/bin/bash", "", "# Parameters", options.rstrip("\n"), *extra, "",
+             "# setup", *params["shell_setup"], "",
              "unset $(env | sed -n 's/^\\(SUBMITIT_[A-Z_]*\\)=.*/\\1/p')",
              "export SUBMITIT_EXECUTOR=lsf", "",
-             f"rm -f {exit_file}  # a requeued job starts without its previous exit code",
-             "# bkill and memory limits send SIGINT first: outlive it to record the exit code",
-             "trap 'echo \"quantsweep: SIGINT (bkill, or a memory limit)\" >&2' INT",
-             "# command", command, "rc=$?",
-             f"# {REQUEUE}: the job requeued itself (brequeue) and runs again: no exit code yet",
-             f'[ "$rc" = {REQUEUE} ] || echo "$rc" > {exit_file}', 'exit "$rc"', ""]
+             f"rm -f {exit_file} {requeued}  # a requeued run starts afresh",
+             "# command: a child the shell waits for, passing on the signals that reach it",
+             f"{command} &",
+             "child=$!",
+             *[f"trap 'echo \"quantsweep: {sig} passed on to the job\" >&2; "
+               f"kill -{sig} \"$child\" 2>/dev/null' {sig}" for sig in ("USR2", "INT", "TERM")],
+             'wait "$child"; rc=$?',
+             'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done  # a trap ran',
+             f"# {REQUEUE} or the marker: the job requeued itself (brequeue) and runs again: no "
+             "exit code yet",
+             f'[ "$rc" = {REQUEUE} ] || [ -e {requeued} ] || echo "$rc" > {exit_file}',
+             'exit "$rc"', ""]
     return "\n".join(lines)

@@ -15,8 +15,16 @@ Behaves as LSF documents where the backend depends on it:
 - bkill "ID[i]" / "ID": SIGINT, then SIGTERM, then SIGKILL, an interval apart; pending elements
   end at once (EXIT).
 - brequeue "ID[i]" / "ID": a running element is killed (by the dispatcher, as LSF's daemon
-  does it, so a job may requeue itself) and starts again under the same id; a finished one
-  starts again.
+  does it, so a job may requeue itself) and starts again under the same id; a finished one is
+  refused (non-zero exit) unless -d (DONE), -e (EXIT) or -a. bkill of a finished or unknown job
+  fails too.
+- Output (-o/-e, %J %I): spooled and copied to the files when the run ends, with LSF's job report
+  appended to the output file, unless LSB_STDOUT_DIRECT=Y (then written as the job runs); -o
+  without -e takes stderr too; -outdir is created at the job's start.
+- Signals reach the job's process group, or its top process only with
+  LSF_STANDIN_SIGNAL_SCOPE=top; when the top process ends, what it left running is killed.
+- bsub refuses bad -n, -M, -R, -gpu values, unknown queues (LSF_STANDIN_QUEUES) and -w done()
+  on jobs it does not know.
 - Run limit (-W): the warning signal (-wa) -wt minutes before it, USR2 at the limit, SIGKILL
   after the kill delay.
 - Dependencies (-w "done(ID)" or "done(ID[i])", several joined by &&): the job stays pending
@@ -101,7 +109,25 @@ def parse_target(text: str) -> tuple[str, int | None]:
 # stopped or held is PSUSP: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_admin/job_suspend.html)
 FLAG_OPTS = {"-H"}
 VALUE_OPTS = {"-J", "-o", "-e", "-oo", "-eo", "-W", "-n", "-R", "-gpu", "-q", "-P", "-M",
-              "-wa", "-wt", "-w", "-G", "-cwd"}
+              "-wa", "-wt", "-w", "-G", "-cwd", "-outdir"}
+# values are checked as LSF checks them at submission, each refusal "... Job not submitted."
+# -n min_tasks[,max_tasks]: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__n.1.html
+# -M mem_limit [unit]: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__m.1.html
+# -q: the queue must exist (here: LSF_STANDIN_QUEUES, default "normal short long gpu")
+#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__q.1.html
+# -R sections select[] order[] rusage[] span[] same[] cu[] affinity[]:
+#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_admin/res_req_strings_about.html
+# -gpu "num=N[:mode=shared|exclusive_process][:...]" or "-":
+#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__gpu.1.html
+CHECKS = {
+    "-n": re.compile(r"[1-9]\d*(,[1-9]\d*)?"),
+    "-M": re.compile(r"\d+(\.\d+)?\s*([KMGTPE]B?)?", re.IGNORECASE),
+    "-R": re.compile(r"(\s*(select|order|rusage|span|same|cu|affinity)\[[^\[\]]*\]\s*)+"),
+    "-gpu": re.compile(r"-|(num=\d+(/(task|host))?|mode=(shared|exclusive_process)|"
+                       r"mps=(yes|no)|j_exclusive=(yes|no)|gmodel=[\w-]+|gmem=\d+\w*)"
+                       r"(:(num=\d+(/(task|host))?|mode=(shared|exclusive_process)|mps=(yes|no)"
+                       r"|j_exclusive=(yes|no)|gmodel=[\w-]+|gmem=\d+\w*))*"),
+}
 
 
 def parse_bsub_options(script: str) -> dict:
@@ -120,6 +146,9 @@ def parse_bsub_options(script: str) -> dict:
             if flag not in VALUE_OPTS or i + 1 >= len(words):
                 raise SystemExit(f"{flag}: Illegal option or missing value. Job not submitted.")
             value = words[i + 1]
+            check = CHECKS.get(flag)
+            if check is not None and not check.fullmatch(value):
+                raise SystemExit(f"{flag} {value}: Bad argument. Job not submitted.")
             if flag == "-R":
                 opts["-R"].append(value)
             else:
@@ -151,6 +180,18 @@ def bsub(argv: list[str]) -> int:
     if len(indices) > MAX_JOB_ARRAY_SIZE:
         print("The job array size exceeds MAX_JOB_ARRAY_SIZE. Job not submitted.", file=sys.stderr)
         return 255
+    queues = os.environ.get("LSF_STANDIN_QUEUES", "normal short long gpu").split()
+    if opts.get("-q", "normal") not in queues:
+        print(f"{opts['-q']}: No such queue. Job not submitted.", file=sys.stderr)
+        return 255
+    # a dependency on a job LSF does not know is refused at submission, not left pending
+    # (bsub -w: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__w.1.html)
+    for m in DEPENDENCY.finditer(opts.get("-w", "")):
+        known = load(m.group(1))
+        if known is None or (m.group(2) and m.group(2) not in known["elements"]):
+            print(f"done({m.group(1)}{'[' + m.group(2) + ']' if m.group(2) else ''}): No "
+                  "matching job found. Job not submitted.", file=sys.stderr)
+            return 255
     with locked():
         counter = state_dir() / "next_id"
         jobid = str(int(counter.read_text()) if counter.exists() else 1001)
@@ -206,20 +247,69 @@ def _element_env(job: dict, index: int) -> dict:
     return env
 
 
-def _open_output(job: dict, index: int, out_flag: str, err_flag: str):
-    def resolve(flag_append: str, flag_over: str):
-        for flag, mode in ((flag_over, "w"), (flag_append, "a")):
-            if flag in job["opts"]:
-                path = job["opts"][flag].replace("%J", job["jobid"]).replace("%I", str(index))
-                path = Path(job["cwd"], path)
-                if not path.parent.is_dir():  # LSF: the directory must exist; output is lost
-                    return open(os.devnull, "w")
-                return open(path, mode)
-        return None
+def _target(job: dict, index: int, flag: str) -> tuple[Path, str] | None:
+    """Where -o/-oo (or -e/-eo) sends a stream, with %J and %I replaced, and the open mode."""
+    for option, mode in ((flag + "o", "w"), (flag, "a")):
+        if option in job["opts"]:
+            path = job["opts"][option].replace("%J", job["jobid"]).replace("%I", str(index))
+            return Path(job["cwd"], path), mode
+    return None
 
-    out = resolve(out_flag, out_flag + "o") or open(os.devnull, "w")
-    err = resolve(err_flag, err_flag + "o") or out
-    return out, err
+
+def _direct() -> bool:
+    """LSB_STDOUT_DIRECT=Y (lsf.conf): output written to the -o file as the job runs; unset:
+    to a temporary file, copied to the -o file when the job finishes (bsub -o:
+    https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.o.1.html)."""
+    return os.environ.get("LSB_STDOUT_DIRECT", "").upper() == "Y"
+
+
+def _open_output(job: dict, index: int):
+    """The element's stdout and stderr. -o without -e: stderr goes to the output file too
+    (bsub -o, same page). A path whose directory is not there when it is opened is not
+    stored ("If the specified output_file path is not accessible, the output will not be
+    stored"). Without LSB_STDOUT_DIRECT both go to spool files, copied at the end."""
+    out_t, err_t = _target(job, index, "-o"), _target(job, index, "-e")
+    if not _direct():
+        spool = state_dir() / "spool"
+        spool.mkdir(exist_ok=True)
+        out = open(spool / f"{job['jobid']}.{index}.out", "w")
+        err = open(spool / f"{job['jobid']}.{index}.err", "w") if err_t else out
+        return out, err
+
+    def direct(target):
+        if target is None or not target[0].parent.is_dir():
+            return None
+        return open(target[0], target[1])
+
+    out = direct(out_t) or open(os.devnull, "w")
+    err = direct(err_t) if err_t else out
+    return out, err or open(os.devnull, "w")
+
+
+def _finish_output(job: dict, index: int, element: dict) -> None:
+    """At the end of a run (also one killed by bkill or brequeue): the spooled output copied to
+    the -o / -e files, and the job report appended to the output file, as LSF does unless
+    bsub -N mails it (bsub -o: "If you use -o without -N, the job report is stored in the
+    output file")."""
+    out_t, err_t = _target(job, index, "-o"), _target(job, index, "-e")
+    spool = state_dir() / "spool"
+    for target, suffix in ((out_t, "out"), (err_t, "err")):
+        src = spool / f"{job['jobid']}.{index}.{suffix}"
+        text = src.read_text(errors="replace") if src.exists() and not _direct() else ""
+        src.unlink(missing_ok=True)
+        if target is None or not target[0].parent.is_dir():
+            continue  # not accessible: not stored
+        with open(target[0], "a" if _direct() or target[1] == "a" else "w") as fh:
+            fh.write(text)
+            if suffix == "out":
+                rc = element.get("exit_code")
+                fh.write("\n" + "-" * 60 + "\nSender: LSF System <lsfadmin@localhost>\n"
+                         f"Subject: Job {job['jobid']}"
+                         + (f"[{index}]" if job["array"] else "") + f": <{job['name']}> in "
+                         f"cluster <standin> {'Done' if rc == 0 else 'Exited'}\n\n"
+                         + ("Successfully completed.\n" if rc == 0 else
+                            f"Exited with exit code {rc}.\n")
+                         + "-" * 60 + "\n")
 
 
 def _run_limit_seconds(job: dict) -> float | None:
@@ -282,7 +372,12 @@ def dispatch(jobid: str) -> None:
                     continue
                 if job["limit"] and len(running) >= job["limit"]:
                     break
-                out, err = _open_output(job, int(i), "-o", "-e")
+                outdir = job["opts"].get("-outdir")
+                if outdir:  # bsub -outdir: LSF creates it (with %J, %I) as the job starts
+                    # https://www.ibm.com/docs/SSWRJV_10.1.0/lsf_command_ref/bsub.outdir.1.html
+                    Path(job["cwd"], outdir.replace("%J", job["jobid"]).replace("%I", i)
+                         ).mkdir(parents=True, exist_ok=True)
+                out, err = _open_output(job, int(i))
                 with open(job["script"]) as script:
                     proc = subprocess.Popen(["/bin/bash"], stdin=script, stdout=out, stderr=err,
                                             cwd=job["cwd"], env=_element_env(job, int(i)),
@@ -298,9 +393,10 @@ def dispatch(jobid: str) -> None:
                 if e["stat"] not in RUNNING or proc is None:
                     continue
                 if e.get("requeue"):  # brequeue of a running element: kill, start again
-                    if proc.poll() is None:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    _kill_job_processes(proc.pid)
+                    rc = proc.wait()
+                    e.update(exit_code=128 - rc if rc < 0 else rc)
+                    _finish_output(job, int(i), e)
                     e.update(stat="PEND", exit_code=None, end=None, kill_at=None, pid=None,
                              requeue=False)
                     del procs[i]
@@ -308,7 +404,10 @@ def dispatch(jobid: str) -> None:
                 if proc.poll() is not None:
                     rc = proc.returncode
                     rc = 128 - rc if rc < 0 else rc
+                    # the top process ended: LSF ends what the job left running
+                    _kill_job_processes(proc.pid)
                     e.update(stat="DONE" if rc == 0 else "EXIT", exit_code=rc, end=now, pid=None)
+                    _finish_output(job, int(i), e)
                     del procs[i]
                     continue
                 if e["kill_at"]:  # bkill escalation: INT sent, then TERM, then KILL
@@ -338,10 +437,27 @@ def dispatch(jobid: str) -> None:
 
 
 def _signal(pid: int, sig: int, element: dict, tag: str) -> None:
+    """A signal to a running job: to every process of it (its process group, as LSF signals
+    the processes it tracks for the job), or, where a site's LSF signals the job's top process
+    only, to that one (LSF_STANDIN_SIGNAL_SCOPE=top): a job script must pass signals on."""
     element["signals"].append(tag)
     try:
-        os.killpg(pid, sig)
+        if os.environ.get("LSF_STANDIN_SIGNAL_SCOPE", "group") == "top" and sig != signal.SIGKILL:
+            os.kill(pid, sig)
+        else:
+            os.killpg(pid, sig)
     except ProcessLookupError:
+        pass
+
+
+def _kill_job_processes(pid: int) -> None:
+    """When a job's top process exits, or bkill's SIGKILL or brequeue ends it, LSF cleans up
+    every process the job started (its process-tracking), not only the top one: an orphan of
+    the job does not outlive it (JOB_TERMINATE_INTERVAL sequence ends in SIGKILL:
+    https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_config_ref/lsb.params.job_terminate_interval.5.html)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -398,57 +514,87 @@ def bjobs(argv: list[str]) -> int:
 
 
 def _targets(argv: list[str]):
+    """The jobs named; an id LSF does not know is said on stderr and makes the command fail
+    (_targets.ok False afterwards)."""
+    _targets.ok = True
     for target in argv:
         try:
             jobid, index = parse_target(target)
         except ValueError:
             print(f"{target}: Illegal job ID.", file=sys.stderr)
+            _targets.ok = False
             continue
         job = load(jobid)
-        if job is None:
-            print(f"Job <{target}>: No matching job found", file=sys.stderr)
-            continue
-        picked = [i for i in job["elements"] if index is None or int(i) == index]
+        picked = [i for i in (job or {}).get("elements", {})
+                  if (index is None or int(i) == index) and not _forgotten(job["elements"][i])]
         if not picked:
             print(f"Job <{target}>: No matching job found", file=sys.stderr)
+            _targets.ok = False
             continue
         yield job, picked, target
 
 
 def bkill(argv: list[str]) -> int:
+    """bkill: SIGINT, SIGTERM, SIGKILL an interval apart; a pending job ends at once. A job
+    that does not exist or has finished is an error: "Job has already finished", non-zero
+    exit (https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bkill.1.html)."""
     rc = 0
     with locked():
         for job, picked, target in _targets(argv):
+            acted = False
             for i in picked:
                 e = job["elements"][i]
                 if e["stat"] in PENDING | HELD:
                     e.update(stat="EXIT", exit_code=130, end=time.time())
-                elif e["stat"] in RUNNING and not e["kill_at"]:
-                    e["kill_at"] = time.time()
-                    _signal(e["pid"], signal.SIGINT, e, "INT")
+                    acted = True
+                elif e["stat"] in RUNNING:
+                    if not e["kill_at"]:
+                        e["kill_at"] = time.time()
+                        _signal(e["pid"], signal.SIGINT, e, "INT")
+                    acted = True
             save(job)
-            print(f"Job <{target}> is being terminated")
-    return rc
+            if acted:
+                print(f"Job <{target}> is being terminated")
+            else:
+                print(f"Job <{target}>: Job has already finished", file=sys.stderr)
+                rc = 255
+    return rc if rc or _targets.ok else 255
 
 
 def brequeue(argv: list[str]) -> int:
-    restart = []
+    """brequeue "kills a running (RUN), user-suspended (USUSP), or system-suspended (SSUSP)
+    job and returns it to the queue" (PEND, same id); -d requeues DONE jobs, -e EXIT jobs, -a
+    all of them; without those a finished job is refused, non-zero exit
+    (https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/brequeue.1.html)."""
+    flags = {a for a in argv if a in ("-a", "-d", "-e")}
+    ids = [a for a in argv if not a.startswith("-")]
+    ok_finished = ({"DONE"} if flags & {"-a", "-d"} else set()) | (
+        {"EXIT"} if flags & {"-a", "-e"} else set())
+    restart, rc = [], 0
     with locked():
-        for job, picked, target in _targets(argv):
+        for job, picked, target in _targets(ids):
+            acted = False
             for i in picked:
                 e = job["elements"][i]
                 if e["stat"] in RUNNING:  # the dispatcher kills it and starts it again
                     e["requeue"] = True
-                else:
+                    acted = True
+                elif e["stat"] in ok_finished:
                     e.update(stat="PEND", exit_code=None, end=None, kill_at=None)
+                    acted = True
             save(job)
-            restart.append(job["jobid"])
-            print(f"Job <{target}> is being requeued")
+            if acted:
+                restart.append(job["jobid"])
+                print(f"Job <{target}> is being requeued")
+            else:
+                print(f"Job <{target}>: Job has already finished (requeue it with -d or -e)",
+                      file=sys.stderr)
+                rc = 255
     for jobid in restart:
         job = load(jobid)
         if not _alive(job["dispatcher"]):
             spawn_dispatcher(jobid)
-    return 0
+    return rc if rc or _targets.ok else 255
 
 
 def bresume(argv: list[str]) -> int:
