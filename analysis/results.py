@@ -99,7 +99,10 @@ class _Reader:
             return None
         return data
 
-    def ours(self, out_dir: Path, ledger_entry: dict[str, Any] | None = None) -> Run:
+    def ours(self, out_dir: Path, ledger_entry: dict[str, Any] | None = None,
+             resolved: tuple[str, str | None] | None = None) -> Run:
+        """One of our jobs. resolved: its (state, reason) as `sweep status` resolves it (files,
+        ledger and scheduler): collect states what status states."""
         ledger_entry = ledger_entry or {}
         config = self.read(out_dir / CONFIG) or dict(ledger_entry.get("config") or {})
         status = self.read(out_dir / STATUS) or {}
@@ -113,6 +116,8 @@ class _Reader:
             state, reason = "failed", f"{EVAL_JSON} is missing or unreadable"
         else:
             reason = status.get("reason") or ledger_entry.get("reason")
+        if resolved is not None and not (state == "completed" and results is not None):
+            state, reason = resolved
         metrics, info = split_eval(results or {})
         config = {k: v for k, v in config.items() if k not in RUN_KEYS
                   and not (k in STAGE_KEYS and v is None)}  # no stage: no bookkeeping
@@ -231,12 +236,13 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                     except (OSError, UnicodeDecodeError):
                         spec_text = None
                 sweeps.setdefault(name, Sweep(name, str(ledger.get("spec", "")), spec_text))
+                resolved = _sweep_states(here)
                 for jid, entry in ledger["jobs"].items():
                     out = entry_path(here, entry.get("output_dir", ""))
                     read_dirs.add(os.path.abspath(out))
                     key = os.path.realpath(out)
                     if key not in runs:
-                        run = reader.ours(out, entry)
+                        run = reader.ours(out, entry, resolved.get(jid))
                         run.job_id = run.job_id or jid
                         run.sweep = run.sweep or name
                         runs[key] = run
@@ -257,6 +263,23 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                           None if s.spec_text is None else text(s.spec_text))
                     for s in sweeps.values()]
     return Collection(runs_once, clean_sweeps, problems)
+
+
+def _sweep_states(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Every job's (state, reason) as `sweep status` gives them (one scheduler call per
+    backend); {} for a ledger that is not one of ours in good order (its runs are then read
+    from their own files)."""
+    from jobs.errors import UserError
+    from jobs.ledger import Ledger
+    from jobs.manage import states
+
+    try:
+        ledger = Ledger(sweep_dir)
+        if not all(isinstance(e, dict) for e in ledger.jobs.values()):
+            return {}
+        return states(ledger)
+    except (UserError, OSError, ValueError, TypeError, AttributeError, KeyError):
+        return {}
 
 
 def _clean_value(value: Any) -> Any:

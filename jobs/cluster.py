@@ -17,6 +17,11 @@ from jobs.errors import UserError
 from jobs.resources import MAX_ARRAY, Resources
 
 SUBMITIT_DIR = "submitit"  # under the sweep directory: pickles, submission scripts, logs
+# the job shell outlives a warning sent to it alone (SLURM: scancel --signal=USR2 --batch, or a
+# site's B: signal), which would end it (bash's default for USR2) and fail the job; the warning
+# reaches Python through the job step (--signal=USR2@N) and srun's own handlers, which an
+# ignored disposition in the shell does not change
+KEEP_SHELL_ON_WARNING = "trap '' USR2  # quantsweep: the warning is for the job, not this shell"
 COMMANDS = {"slurm": "sbatch", "lsf": "bsub"}
 
 
@@ -123,6 +128,8 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
     from quantlib.run import run_config
 
     setup = [*(res.shell_lines() if env is None else env), pythonpath_line(code)]
+    if backend == "slurm":  # LSF's job script passes the warning on itself (jobs.lsf)
+        setup.append(KEEP_SHELL_ON_WARNING)
     free = [i for i, (_, dep) in enumerate(items) if dep is None]
     out: dict[int, Any] = {}
     try:
@@ -159,13 +166,35 @@ def job_handle(backend: str, folder: Path, scheduler_id: str):
     return LsfJob(folder=folder, job_id=scheduler_id)
 
 
+def _slurm_watcher():
+    """submitit's sacct reader, except that an array element's own record wins over the
+    array's pending range: sacct lists `6_4 RUNNING` and, for a while after the element
+    started, still `6_[4-5%6] PENDING`; submitit keeps whichever line came last."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class ElementFirst(SlurmInfoWatcher):
+        def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+            if isinstance(string, bytes):
+                string = string.decode(errors="replace")
+            lines = string.splitlines()
+            if len(lines) < 2:
+                return {}
+            head = lines[0]
+            ranges = [line for line in lines[1:] if "[" in line.split("|", 1)[0]]
+            singles = [line for line in lines[1:] if "[" not in line.split("|", 1)[0]]
+            return {**super().read_info("\n".join([head, *ranges])),
+                    **super().read_info("\n".join([head, *singles]))}
+
+    return ElementFirst(delay_s=0)
+
+
 def scheduler_states(backend: str, folder: Path, ids: list[str]) -> dict[str, str]:
     """One sacct / bjobs call for every id; {id: submitit-style state}. UNKNOWN where the
     scheduler does not know the id (any more)."""
     if not ids or shutil.which("sacct" if backend == "slurm" else "bjobs") is None:
         return {}
     handles = {i: job_handle(backend, folder, i) for i in ids}
-    watcher = next(iter(handles.values())).watcher
+    watcher = next(iter(handles.values())).watcher if backend == "lsf" else _slurm_watcher()
     for i in ids:
         watcher.register_job(i)
     watcher.update()

@@ -94,7 +94,7 @@ def status(targets: list[str], out: IO[str] | None = None, long: bool = False) -
             c = e.get("config", {})
             rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
                          str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
-                         elapsed(e), _cut(reason or "-", REASON_WIDTH),
+                         elapsed(e, state), _cut(reason or "-", REASON_WIDTH),
                          rel_path(log_path(ledger, e))]
                         + ([e.get("stage") or "-", e.get("after") or "-"] if staged else []))
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

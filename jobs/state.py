@@ -84,10 +84,12 @@ def job_state(entry: dict[str, Any], sched: str | None,
     return "failed", "lost: the scheduler no longer knows the job and it left no results"
 
 
-def elapsed(entry: dict[str, Any]) -> str:
+def elapsed(entry: dict[str, Any], state: str | None = None) -> str:
+    """How long the job ran (or runs: `state`, the resolved one, is running). A job killed
+    without a word (its status.json still says running) has no end to count to: "-"."""
     status = read_status(entry.get("output_dir", "")) or {}
     seconds = status.get("elapsed_s")
-    if seconds is None and status.get("state") == "running":
+    if seconds is None and status.get("state") == "running" and state in (None, "running"):
         seconds = _age_s(status.get("started"))
     if seconds is None:
         return "-"

@@ -80,7 +80,13 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 keeps the records
-        run_job(config, out_dir)
+        preemption.install()  # every rank stops at the same step (the trainer agrees on it)
+        try:
+            run_job(config, out_dir)
+        except preemption.Preempted as exc:
+            print(f"quantlib.run: rank {os.environ['RANK']}: {exc}", file=sys.stderr)
+            _leave_process_group()
+            return preemption.REQUEUE
         _leave_process_group()
         return 0
     try:
@@ -150,6 +156,7 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
         results, info = run_job(config, out_dir)
         _leave_process_group()
     except preemption.Preempted as exc:
+        _leave_process_group()
         write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1), checkpoint_step=exc.step)
         print(f"quantlib.run: {exc}; run it again to resume", file=sys.stderr)
@@ -219,6 +226,66 @@ def _count_requeue(out_dir: Path, limit: int, job_id: str) -> int:
     return limit - done - 1
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): torchrun starts its workers in sessions of their
+    own, so a signal to its process group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
+    """The job on `nproc` ranks under torchrun; its exit status (REQUEUE when the scheduler's
+    warning stopped it at a checkpoint). The warning reaches this process (and, where the
+    scheduler signals the job's processes, maybe the ranks too): it is passed to every rank,
+    each of which records the request (a repeat changes nothing); the ranks agree at the end
+    of the step to stop together and rank 0 checkpoints. torchrun's own agent ignores it."""
+    import subprocess
+
+    def agent_ignores_warning() -> None:
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", "-m", "quantlib.run", config_path],
+                            preexec_fn=agent_ignores_warning)
+    warned: list[int] = []
+
+    def pass_on(signum, frame):  # noqa: ARG001
+        warned.append(signum)
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGUSR2, pass_on)
+    try:
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    from quantlib.outputs import read_status
+
+    status = read_status(out_dir) or {}
+    if rc != 0 and warned and status.get("state") == "interrupted" \
+            and status.get("checkpoint_step") is not None:
+        return preemption.REQUEUE  # every rank stopped at the checkpoint (torchrun says 1)
+    return rc
+
+
 def run_config(config_path: str) -> dict:
     """What cluster jobs run (pickled by reference by submitit): the entry point, in process.
     Returns the results; raises when the job did not complete, so the scheduler's record and
@@ -229,10 +296,7 @@ def run_config(config_path: str) -> dict:
     out_dir = Path(config["output_dir"])
     nproc = int(config.get("nproc_per_node", 1))
     if nproc > 1:  # several GPUs: DDP under torchrun, inside this job
-        import subprocess
-
-        rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", "-m", "quantlib.run", config_path])
+        rc = run_ddp(config_path, nproc, out_dir)
     else:  # a failure raises its own exception: submitit logs its traceback, once
         rc = main([config_path], reraise=True)
     if rc == preemption.REQUEUE:

@@ -206,9 +206,25 @@ class SaveAndStopOnRequest(TrainerCallback):
     """At the end of the step during which the warning signal came: checkpoint, then stop."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if preemption.REQUEST.requested:
+        if _any_rank_requested(args.device):
             control.should_save = True
             control.should_training_stop = True
+
+
+def _any_rank_requested(device: Any) -> bool:
+    """Did the warning reach this rank or any other (DDP)? The ranks agree every step, so
+    that all stop at the same step: one rank stopping alone would leave the others waiting
+    in their next all-reduce."""
+    import torch.distributed as dist
+
+    requested = preemption.REQUEST.requested
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([1 if requested else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not requested:
+            preemption.REQUEST.signal_name = "SIGUSR2 (on another rank)"
+            requested = True
+    return requested
 
 
 def train_stages(ctx: JobContext, stage_epochs: list[float],

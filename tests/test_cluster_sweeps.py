@@ -521,3 +521,56 @@ exec {STANDIN}/bsub "$@"
     finally:
         if arrays:
             subprocess.run(["bkill", *arrays], env=lsf_env, capture_output=True)
+
+
+def test_a_running_array_element_is_not_read_as_pending():
+    """sacct still lists the element in the array's pending range for a while after it
+    started; the element's own record decides (`sweep status` said pending for ~15 s)."""
+    from jobs.cluster import _slurm_watcher
+
+    watcher = _slurm_watcher()
+    for lines in (["6_4|RUNNING|node1", "6_[4-5%6]|PENDING|None Assigned"],
+                  ["6_[4-5%6]|PENDING|None Assigned", "6_4|RUNNING|node1"]):
+        info = watcher.read_info("\n".join(["JobID|State|NodeList", *lines,
+                                            "6_4.batch|RUNNING|node1"]))
+        assert info["6_4"]["State"] == "RUNNING" and info["6_5"]["State"] == "PENDING"
+
+
+def sleep_and_count_usr2(seconds: float, started: str) -> int:
+    import signal as signals
+
+    got = []
+    signals.signal(signals.SIGUSR2, lambda *_: got.append(1))
+    Path(started).write_text("ok")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.2)
+    return len(got)
+
+
+def test_slurm_warning_to_the_batch_shell_does_not_kill_the_job(slurm, tmp_path, monkeypatch):
+    """`scancel --signal=USR2 --batch` reaches only the batch shell: with our setup line the
+    shell survives it (it used to end FAILED 0:12); the job's own warning (--signal, to the
+    steps) still reaches Python."""
+    from submitit import SlurmExecutor
+
+    from jobs.cluster import KEEP_SHELL_ON_WARNING
+
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    executor = SlurmExecutor(folder=tmp_path / "s")
+    executor.update_parameters(time=5, setup=[KEEP_SHELL_ON_WARNING], cpus_per_task=1,
+                               mem="500M")
+    started = tmp_path / "started"
+    job = executor.submit(sleep_and_count_usr2, 12.0, str(started))
+    deadline = time.monotonic() + 120
+    while not started.exists():  # the function runs, under srun, its handler in place
+        assert time.monotonic() < deadline, job.state
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job.job_id], env=slurm, check=True)
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], env=slurm, check=True)  # steps
+    assert job.result() >= 1  # not killed; the step's warning reached the function
+    deadline = time.monotonic() + 60
+    while (state := job.watcher.get_state(job.job_id, mode="force")) != "COMPLETED":
+        assert time.monotonic() < deadline and state in ("RUNNING", "COMPLETING"), state
+        time.sleep(1)

@@ -72,3 +72,52 @@ def test_ddp_job_on_two_cpu_processes(tmp_path, tiny_model, demo_task):
     status = json.loads((tmp_path / "out2" / "status.json").read_text())
     assert status["state"] == "completed"  # rank 0 keeps the records
     assert Path(status["code"]).is_dir()
+
+
+def test_ddp_job_checkpoints_on_the_warning_and_resumes(tmp_path, tiny_model, demo_task):
+    """gpus: 2 under a scheduler's warning: the signal reaches the job's process; every rank
+    stops at the same step, rank 0 checkpoints, the job says REQUEUE; the rerun resumes and
+    ends with the results of an uninterrupted run."""
+    import signal
+
+
+    base = {"task": "sst2", "method": "fp32", "model_name_or_path": str(tiny_model),
+            "data_dir": str(demo_task), "max_seq_length": 24, "batch_size": 16,
+            "finetune_epochs": 6, "max_train_samples": 128, "max_eval_samples": 64,
+            "logging_steps": 2, "learning_rate": 5e-4, "nproc_per_node": 2, "seed": 3}
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        cfg = tmp_path / f"{name}.json"
+        out = tmp_path / name
+        cfg.write_text(json.dumps({**base, "output_dir": str(out)}))
+        code = (f"import sys; from pathlib import Path; from quantlib.run import run_ddp; "
+                f"sys.exit(run_ddp({str(cfg)!r}, 2, Path({str(out)!r})))")
+        return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out
+
+    proc, out = start("cut")
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if sum("'loss'" in x for x in seen) >= 2:  # training: step 4 logged
+            proc.send_signal(signal.SIGUSR2)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    log = "".join(seen) + rest
+    assert proc.returncode == 75, log[-3000:]  # preemption.REQUEUE
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["checkpoint_step"] > 0, status
+    assert "rank 1: preempted" in log  # the other rank stopped too, at the same step
+    assert (out / "checkpoints" / f"checkpoint-{status['checkpoint_step']}").is_dir()
+    again, _ = start("cut")
+    again_log, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, again_log[-3000:]
+    plain, plain_out = start("plain")
+    plain_log, _ = plain.communicate(timeout=300)
+    assert plain.returncode == 0, plain_log[-3000:]
+    resumed = json.loads((out / "eval_results.json").read_text())
+    uninterrupted = json.loads((plain_out / "eval_results.json").read_text())
+    assert resumed["resumed_from_step"] == status["checkpoint_step"]
+    for key in ("eval_accuracy", "eval_loss", "train_steps"):
+        assert resumed[key] == uninterrupted[key], key
+

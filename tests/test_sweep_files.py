@@ -116,3 +116,25 @@ def test_a_sweep_moved_or_copied_is_itself(sweep):
     again = cli(cwd, "launch", str(spec), "--sweep-dir", "elsewhere/files")
     assert "2 already completed" in again.stdout and "0 to run" in again.stdout, again.stdout
     assert not (cwd / "runs/files").exists()
+
+
+def test_collect_states_what_status_states(sweep):
+    """A job killed without a word (its status.json still says running, its process is gone):
+    status and collect both call it interrupted, and its elapsed time does not keep growing."""
+    from jobs.ledger import Ledger
+
+    cwd, spec, dirs = sweep
+    out = dirs[2]
+    (out / "eval_results.json").unlink()
+    status = json.loads((out / "status.json").read_text())
+    status.update(state="running", started="2020-01-01T00:00:00+0000", elapsed_s=None)
+    (out / "status.json").write_text(json.dumps(status))
+    ledger = Ledger(cwd / "runs/files")
+    (jid,) = [j for j, e in ledger.jobs.items() if e["config"]["seed"] == 2]
+    ledger.jobs[jid].update(state="running", pid=2 ** 22 + 7, pid_start="1")  # long gone
+    ledger.save()
+    rows = cli(cwd, "status", "runs/files").stdout.splitlines()
+    (row,) = [r for r in rows if r.startswith(jid)]
+    assert row.split()[5] == "interrupted" and row.split()[6] == "-", row
+    collected = cli(cwd, "collect", "runs/files", "--to", "csv", "-o", "r.csv")
+    assert "1 completed, 1 interrupted" in collected.stdout, collected.stdout
