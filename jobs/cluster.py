@@ -1,6 +1,7 @@
-"""Cluster backends through submitit: SLURM (submitit's own executor) and LSF (our plugin).
+"""Cluster backends: LSF through our submitit plugin (jobs.lsf); SLURM jobs are our own
+scripts, submitted by jobs.slurm. Both are watched, cancelled and read here.
 
-A sweep goes out as job arrays (`map_array`; LSF chunks at 1000 elements); each element runs
+An LSF sweep goes out as job arrays (`map_array`, chunks of MAX_ARRAY); each element runs
 `quantlib.run.run_config(CONFIG)`, the same entry point as the local backend. The scheduler is
 asked for states in one call for all ids; it is advisory: files in each job's output directory
 are the truth (see jobs.state).
@@ -17,45 +18,15 @@ from jobs.errors import UserError
 from jobs.resources import MAX_ARRAY, Resources
 
 SUBMITIT_DIR = "submitit"  # under the sweep directory: pickles, submission scripts, logs
-# the job shell outlives a warning sent to it alone (SLURM: scancel --signal=USR2 --batch, or a
-# site's B: signal), which would end it (bash's default for USR2) and fail the job; the warning
-# reaches Python through the job step (--signal=USR2@N) and srun's own handlers, which an
-# ignored disposition in the shell does not change
-KEEP_SHELL_ON_WARNING = "trap '' USR2  # quantsweep: the warning is for the job, not this shell"
+
 COMMANDS = {"slurm": "sbatch", "lsf": "bsub"}
-
-
-def _slurm_extra(lines: list[str]) -> dict[str, Any]:
-    """'--exclusive', '--qos=high' -> sbatch additional_parameters."""
-    out: dict[str, Any] = {}
-    for line in lines:
-        key, sep, value = line.strip().lstrip("-").partition("=")
-        out[key] = value if sep else True
-    return out
 
 
 def executor_parameters(backend: str, name: str, res: Resources,
                         setup: list[str] | None = None) -> dict[str, Any]:
-    setup = list(setup or [])
-    if backend == "slurm":
-        params: dict[str, Any] = {
-            "setup": setup or None,
-            "job_name": name, "time": res.time_minutes, "cpus_per_task": res.cpus,
-            "mem": f"{res.mem_mb}M", "signal_delay_s": res.slurm.signal_seconds or 90,
-            "array_parallelism": res.array_parallelism or 256,
-            "additional_parameters": _slurm_extra(res.slurm.extra) or None,
-        }
-        if res.gpus:
-            if res.slurm.gpu_syntax == "gpus":
-                params["gpus_per_node"] = res.gpus
-            else:
-                params["gres"] = f"gpu:{res.gpus}"
-        optional = {"partition": res.slurm.partition or res.queue,
-                    "account": res.slurm.account or res.project,
-                    "constraint": res.slurm.constraint}
-        params.update({k: v for k, v in optional.items() if v})
-        return params
-    return {"shell_setup": setup, "jobname": name, "run_limit_min": res.time_minutes,
+    """The LSF plugin's parameters for a sweep's jobs (backend: "lsf")."""
+    assert backend == "lsf", backend
+    return {"shell_setup": list(setup or []), "jobname": name, "run_limit_min": res.time_minutes,
             "cpus": res.cpus, "mem_mb": res.mem_mb, "gpus": res.gpus, "queue": res.queue,
             "project": res.project, "array_limit": res.array_parallelism,
             "gpu_syntax": res.lsf.gpu_syntax,
@@ -88,16 +59,9 @@ def _python(res: Resources) -> str | None:
 def make_executor(backend: str, folder: Path, name: str, res: Resources,
                   setup: list[str] | None = None):
     require(backend)
-    if backend == "slurm":
-        from submitit import SlurmExecutor
+    from jobs.lsf import LsfExecutor
 
-        executor = SlurmExecutor(folder=folder, python=_python(res),
-                                 max_num_timeout=res.max_requeues)
-    else:
-        from jobs.lsf import LsfExecutor
-
-        executor = LsfExecutor(folder=folder, python=_python(res),
-                               max_num_timeout=res.max_requeues)
+    executor = LsfExecutor(folder=folder, python=_python(res), max_num_timeout=res.max_requeues)
     params = {k: v for k, v in executor_parameters(backend, name, res, setup).items()
               if v is not None}
     executor.update_parameters(**params)
@@ -105,13 +69,9 @@ def make_executor(backend: str, folder: Path, name: str, res: Resources,
 
 
 def dependency_parameters(backend: str, res: Resources, after: str) -> dict[str, Any]:
-    """Executor parameters that hold a job until the job `after` (a submitit id, "123_4" for
-    an array element) completed successfully; a failed one cancels it (SLURM) or keeps it
-    pending (LSF: until the sweep is relaunched, which resubmits both)."""
-    if backend == "slurm":
-        return {"additional_parameters": {**_slurm_extra(res.slurm.extra),
-                                          "dependency": f"afterok:{after}",
-                                          "kill-on-invalid-dep": "yes"}}
+    """Executor parameters that hold an LSF job until the job `after` (a submitit id, "123_4"
+    for an array element) completed successfully; a failed one keeps it pending (until the
+    sweep is relaunched, which resubmits both)."""
     return {"wait_done": after}
 
 
@@ -128,8 +88,6 @@ def submit(backend: str, folder: Path, name: str, res: Resources,
     from quantlib.run import run_config
 
     setup = [*(res.shell_lines() if env is None else env), pythonpath_line(code)]
-    if backend == "slurm":  # LSF's job script passes the warning on itself (jobs.lsf)
-        setup.append(KEEP_SHELL_ON_WARNING)
     free = [i for i, (_, dep) in enumerate(items) if dep is None]
     out: dict[int, Any] = {}
     try:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from jobs import slurm
 from jobs.errors import UserError, os_error
 from jobs.grid import Job, expand
 from jobs.ledger import Ledger
@@ -134,12 +135,9 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
         try:
             for stage_jobs in _by_stage(spec, todo):
                 deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
-                items = [(str(configs[j.id]), d) for j, d in zip(stage_jobs, deps)]
                 try:
-                    handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR,
-                                             spec.name, spec.resources, items,
-                                             snapshot(sweep_dir), env_lines(spec))
-                except cluster.PartialSubmission as exc:  # what the scheduler took is queued
+                    handles = _submit(backend, spec, stage_jobs, deps, configs, sweep_dir)
+                except (cluster.PartialSubmission, slurm.Refused) as exc:  # what was taken
                     submitted += [(stage_jobs[i], h, deps[i])
                                   for i, h in sorted(exc.submitted.items())]
                     raise UserError(f"{exc}" + (f" ({len(submitted)} jobs submitted before "
@@ -153,7 +151,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                 entry = ledger.jobs[job.id]
                 entry.update(state="submitted", backend=backend, scheduler_id=handle.job_id,
                              submitted=now(), attempts=entry.get("attempts", 0) + 1,
-                             exit_status=None, reason=None, log=str(handle.paths.stdout),
+                             exit_status=None, reason=None, log=str(handle.log),
                              after=job.after, waits_for=dep)
             ledger.save()
     arrays = sorted({h.job_id.split("_")[0] for _, h, _ in submitted})
@@ -169,6 +167,26 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
           f"JOB_ID {shlex.quote(rel_path(sweep_dir))}; results: sweep collect "
           f"{shlex.quote(rel_path(sweep_dir))}", file=out)
     return 0
+
+
+def _submit(backend: str, spec: Spec, jobs: list[Job], deps: list[str | None],
+            configs: dict[str, Path], sweep_dir: Path) -> list[slurm.Submitted]:
+    """One stage's jobs to the scheduler: SLURM gets the scripts the dry run shows (jobs.slurm),
+    LSF goes through our submitit plugin (jobs.cluster)."""
+    from jobs import cluster
+
+    if backend == "slurm":
+        return slurm.submit(spec, jobs, deps, configs, sweep_dir,
+                            jobs[0].stage or "" if spec.staged else "")
+    items = [(str(configs[j.id]), d) for j, d in zip(jobs, deps)]
+    try:
+        handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
+                                 spec.resources, items, snapshot(sweep_dir), env_lines(spec))
+    except cluster.PartialSubmission as exc:
+        exc.submitted = {i: slurm.Submitted(h.job_id, h.paths.stdout)
+                         for i, h in exc.submitted.items()}
+        raise
+    return [slurm.Submitted(h.job_id, h.paths.stdout) for h in handles]
 
 
 def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],

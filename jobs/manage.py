@@ -62,7 +62,9 @@ def states(ledger: Ledger, launcher_active: bool | None = None
 
 
 def log_path(ledger: Ledger, entry: dict[str, Any]) -> str:
-    if entry.get("backend") in CLUSTER and entry.get("scheduler_id"):
+    """The job's log: where its launch recorded it (local, SLURM), or where our LSF plugin
+    (submitit's layout) puts it."""
+    if entry.get("backend") == "lsf" and entry.get("scheduler_id"):
         handle = cluster.job_handle(entry["backend"], ledger.sweep_dir / cluster.SUBMITIT_DIR,
                                     entry["scheduler_id"])
         return str(handle.paths.stdout)

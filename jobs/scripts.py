@@ -118,6 +118,12 @@ def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pat
     return [path for path, _ in _render_chunks(kind, spec, jobs, configs, sweep_dir, tag)]
 
 
+def render_arrays_with_jobs(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+                            sweep_dir: Path, tag: str = "") -> list[tuple[Path, list[Job]]]:
+    """As render_arrays, with the jobs of each script in their array order."""
+    return _render_chunks(kind, spec, jobs, configs, sweep_dir, tag) if jobs else []
+
+
 def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
                    sweep_dir: Path, tag: str = "") -> list[tuple[Path, list[Job]]]:
     template = _env.get_template(f"{kind}_array.sh.j2")

@@ -41,10 +41,6 @@ def job_state(entry: dict[str, Any], sched: str | None,
     out = Path(entry.get("output_dir", ""))
     if is_complete(out):
         return "completed", None
-    if sched in QUEUED:
-        return "pending", None
-    if sched in ACTIVE:
-        return "running", None
     status = read_status(out) or {}
     file_state, file_reason = status.get("state"), status.get("reason")
     written, submitted = _epoch(status.get("updated")), _epoch(entry.get("submitted"))
@@ -52,6 +48,12 @@ def job_state(entry: dict[str, Any], sched: str | None,
         # the marker of an attempt before the latest submission: the rerun has not started yet
         # (and the scheduler may not list it yet), so the old failure says nothing about it
         file_state = None
+    if sched in QUEUED:
+        return "pending", None
+    if sched in ACTIVE:
+        if file_state == "failed":  # the job has said so and is ending (epilog, COMPLETING)
+            return "failed", file_reason
+        return "running", None
     if file_state == "completed":  # but is_complete says its results cannot be read
         return "failed", f"{EVAL_JSON} is missing or unreadable"
     if entry.get("state") == "cancelled":

@@ -79,6 +79,44 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
         print(f"quantlib.run: {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    nproc = int(config.get("nproc_per_node", 1) or 1)
+    if nproc > 1 and "RANK" not in os.environ:  # the job itself: its ranks under torchrun
+        return _requeue_if_asked(run_ddp(argv[0], nproc, out_dir), config, out_dir)
+    if "RANK" not in os.environ:
+        return _requeue_if_asked(_main_rank(config, out_dir, reraise), config, out_dir)
+    return _main_rank(config, out_dir, reraise)
+
+
+def _requeue_if_asked(rc: int, config: dict, out_dir: Path) -> int:
+    """A job script that asks for it (QUANTSWEEP_REQUEUE=slurm: our SLURM scripts, where this
+    process is the job's top process) gets the job requeued here when it stopped at a
+    checkpoint: `scontrol requeue` while it still runs, within resources.max_requeues and only
+    when the checkpoint advanced (see _count_requeue)."""
+    if rc != preemption.REQUEUE or os.environ.get("QUANTSWEEP_REQUEUE") != "slurm":
+        return rc
+    import subprocess
+
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = (f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array
+              else os.environ.get("SLURM_JOB_ID", ""))
+    limit = int(os.environ.get("QUANTSWEEP_MAX_REQUEUES") or config.get("max_requeues", 3))
+    try:
+        left = _count_requeue(out_dir, limit, job_id)
+    except RuntimeError as exc:
+        print(f"quantlib.run: {exc}", file=sys.stderr)
+        return 1
+    print(f"quantlib.run: requeueing SLURM job {job_id} ({left} requeues left)", file=sys.stderr,
+          flush=True)
+    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = f"scontrol requeue {job_id} failed: {done.stderr.strip()[:300]}"
+        write_status(out_dir, "failed", reason=reason, ended=now())
+        print(f"quantlib.run: {reason}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _main_rank(config: dict, out_dir: Path, reraise: bool) -> int:
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 keeps the records
         preemption.install()  # every rank stops at the same step (the trainer agrees on it)
         try:

@@ -165,10 +165,24 @@ def test_lsf_sweep(lsf_env, tmp_path, tiny_model, demo_task):
 
 
 def test_slurm_sweep(slurm, tmp_path, tiny_model, demo_task):
-    name, _ = scenario(slurm, tmp_path, tiny_model, demo_task, "slurm")
-    scripts = [p.read_text() for p in (tmp_path / "runs" / name / "submitit").glob("*.sh")]
-    array = next(s for s in scripts if "#SBATCH --array=0-3%4" in s)
-    assert "#SBATCH --mem=1000M" in array and "#SBATCH --time=20" in array
+    name, spec = scenario(slurm, tmp_path, tiny_model, demo_task, "slurm")
+    # what SLURM received for the first launch (its stored copy of the batch script) is what
+    # the dry run renders for the sweep: the same script
+    jobs = Ledger(tmp_path / "runs" / name).jobs
+    first = next(e for e in jobs.values() if e["config"]["seed"] == 1)["scheduler_id"]
+    stored = subprocess.run(["scontrol", "write", "batch_script", first.split("_")[0], "-"],
+                            env=slurm, capture_output=True, text=True)
+    assert stored.returncode == 0, stored.stderr
+    dry = cli(slurm, tmp_path, "launch", str(spec), "--backend", "slurm", "--dry-run",
+              "--no-prefetch")  # as launched
+    assert dry.returncode == 0, dry.stderr
+    shown = (tmp_path / "runs" / name / "scripts" / "slurm_array_1.sh").read_text()
+    assert stored.stdout.strip() == shown.strip()
+    assert "#SBATCH --array=0-3" in shown and "#SBATCH --mem=1000M" in shown
+    assert "#SBATCH --time=00:20:00" in shown and "#SBATCH --signal=B:USR2@90" in shown
+    # its logs are where the script says and `sweep logs` looks
+    log = next(e["log"] for e in Ledger(tmp_path / "runs" / name).jobs.values())
+    assert Path(log).parent == tmp_path / "runs" / name / "logs" and Path(log).exists()
 
 
 def test_launch_without_the_scheduler_is_a_clear_error(tmp_path, tiny_model, demo_task):
@@ -274,9 +288,11 @@ def resume_scenario(env, tmp_path, tiny_model, demo_task, backend, resources) ->
 
 
 def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model, demo_task):
-    """USR2 40 s before a 1-minute limit (--signal=USR2@40)."""
+    """USR2 40 s before a 1-minute limit (--signal=B:USR2@40, to the job's Python, which
+    requeues the job itself)."""
     entry = resume_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm",
-                            "{cpus: 1, mem: 2000, time: 1, slurm: {signal_seconds: 40}}")
+                            "{cpus: 1, mem: 2000, time: 1, max_requeues: 20, "
+                            "slurm: {signal_seconds: 40}}")
     sacct = subprocess.run(["sacct", "-j", entry["scheduler_id"].split("_")[0], "-D", "-X",
                             "-n", "-o", "State"], env=slurm, capture_output=True, text=True)
     assert len(sacct.stdout.split()) >= 2, sacct.stdout  # -D: every run of the requeued job
@@ -287,7 +303,7 @@ def test_lsf_run_limit_warning_checkpoint_requeue_resume(lsf_env, tmp_path, tiny
     """-W 2 with -wa USR2 -wt 1, one LSF minute being 20 s in the stand-in: USR2 at 20 s."""
     env = {**lsf_env, "LSF_STANDIN_MINUTE": "20"}
     resume_scenario(env, tmp_path, tiny_model, demo_task, "lsf",
-                    "{cpus: 1, mem: 2000, time: 2, lsf: {warn_minutes: 1}}")
+                    "{cpus: 1, mem: 2000, time: 2, max_requeues: 20, lsf: {warn_minutes: 1}}")
 
 
 def test_a_second_launch_of_a_sweep_is_refused_while_one_runs(lsf_env, tmp_path, tiny_model,
@@ -417,16 +433,23 @@ def test_lsf_staged_sweep_waits_with_done(lsf_env, tmp_path, tiny_model, demo_ta
 
 
 def test_slurm_staged_sweep_waits_with_afterok(slurm, tmp_path, tiny_model, demo_task):
-    ledger = staged_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm", never="cancelled")
-    scripts = list((tmp_path / "runs" / "stagedslurm" / "submitit").glob("*.sh"))
-    deps = {m for p in scripts for m in re.findall(r"#SBATCH --dependency=(\S+)", p.read_text())}
+    wrapper = tmp_path / "bin"  # records every sbatch call, then submits it
+    wrapper.mkdir()
+    calls = tmp_path / "sbatch-calls"
+    (wrapper / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n'
+                                    f'exec {shutil.which("sbatch", path=slurm["PATH"])} "$@"\n')
+    (wrapper / "sbatch").chmod(0o755)
+    env = {**slurm, "PATH": f"{wrapper}{os.pathsep}{slurm['PATH']}"}
+    ledger = staged_scenario(env, tmp_path, tiny_model, demo_task, "slurm", never="cancelled")
+    lines = calls.read_text().splitlines()
+    deps = {m for line in lines for m in re.findall(r"--dependency=(\S+)", line)}
     first = {e["scheduler_id"] for e in ledger.values() if e["config"]["method"] == "fp32"}
-    # one first-stage job still holds its array element id, the other was resubmitted alone
-    array = next(i for i in first if "_" in i).split("_")[0]
-    assert deps == {f"afterok:{array}_0", f"afterok:{array}_1",
-                    f"afterok:{(first - {array + '_0'}).pop()}"}, deps
-    assert all("#SBATCH --kill-on-invalid-dep=yes" in p.read_text() for p in scripts
-               if "--dependency" in p.read_text())
+    # one first-stage job still holds its element of the first array, the other was
+    # resubmitted (an array of one) and its child waits for the new id
+    array = min((i.split("_")[0] for i in first), key=int)
+    (new,) = [i for i in first if not i.startswith(array + "_")]
+    assert deps == {f"afterok:{array}_0", f"afterok:{array}_1", f"afterok:{new}"}, deps
+    assert all("--kill-on-invalid-dep=yes" in line for line in lines if "--dependency" in line)
 
 
 TEN_THOUSAND = """
@@ -474,9 +497,9 @@ def test_slurm_10000_jobs_in_10_submissions(slurm, tmp_path):
     try:
         arrays, elapsed = submissions_of_10000(slurm, tmp_path, "slurm",
                                                "slurm: {extra: [--hold]}")
-        scripts = [(tmp_path / "runs/big/submitit" / f"{a}_submission.sh").read_text()
-                   for a in arrays]  # submitit's copy of what each sbatch received
-        assert all("#SBATCH --array=0-999%" in s and "#SBATCH --hold" in s for s in scripts)
+        scripts = [p.read_text() for p in (tmp_path / "runs/big/scripts").glob("slurm_*.sh")]
+        assert len(scripts) == 10  # what each sbatch received: the dry run's scripts
+        assert all("#SBATCH --array=0-999" in s and "#SBATCH --hold" in s for s in scripts)
         squeue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %r", "-j", ",".join(arrays)],
                                 env=slurm, capture_output=True, text=True)
         reasons = {line.split()[1] for line in squeue.stdout.splitlines() if line.strip()}
@@ -534,43 +557,3 @@ def test_a_running_array_element_is_not_read_as_pending():
         info = watcher.read_info("\n".join(["JobID|State|NodeList", *lines,
                                             "6_4.batch|RUNNING|node1"]))
         assert info["6_4"]["State"] == "RUNNING" and info["6_5"]["State"] == "PENDING"
-
-
-def sleep_and_count_usr2(seconds: float, started: str) -> int:
-    import signal as signals
-
-    got = []
-    signals.signal(signals.SIGUSR2, lambda *_: got.append(1))
-    Path(started).write_text("ok")
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(0.2)
-    return len(got)
-
-
-def test_slurm_warning_to_the_batch_shell_does_not_kill_the_job(slurm, tmp_path, monkeypatch):
-    """`scancel --signal=USR2 --batch` reaches only the batch shell: with our setup line the
-    shell survives it (it used to end FAILED 0:12); the job's own warning (--signal, to the
-    steps) still reaches Python."""
-    from submitit import SlurmExecutor
-
-    from jobs.cluster import KEEP_SHELL_ON_WARNING
-
-    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    executor = SlurmExecutor(folder=tmp_path / "s")
-    executor.update_parameters(time=5, setup=[KEEP_SHELL_ON_WARNING], cpus_per_task=1,
-                               mem="500M")
-    started = tmp_path / "started"
-    job = executor.submit(sleep_and_count_usr2, 12.0, str(started))
-    deadline = time.monotonic() + 120
-    while not started.exists():  # the function runs, under srun, its handler in place
-        assert time.monotonic() < deadline, job.state
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", job.job_id], env=slurm, check=True)
-    subprocess.run(["scancel", "--signal=USR2", job.job_id], env=slurm, check=True)  # steps
-    assert job.result() >= 1  # not killed; the step's warning reached the function
-    deadline = time.monotonic() + 60
-    while (state := job.watcher.get_state(job.job_id, mode="force")) != "COMPLETED":
-        assert time.monotonic() < deadline and state in ("RUNNING", "COMPLETING"), state
-        time.sleep(1)

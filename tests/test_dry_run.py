@@ -87,7 +87,7 @@ resources:
     for want in ("#SBATCH --array=0-5%4", "#SBATCH --time=01:30:00", "#SBATCH --mem=32768M",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
                  "#SBATCH --account=proj-a", "#SBATCH --constraint=a100",
-                 "#SBATCH --exclusive", "#SBATCH --signal=USR2@90"):
+                 "#SBATCH --exclusive", "#SBATCH --signal=B:USR2@90", "#SBATCH --requeue"):
         assert want in lines, want
     assert any(line.strip().startswith("0) JOB_ID=") for line in lines)
 

