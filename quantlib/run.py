@@ -313,6 +313,9 @@ def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
     previous = signal.signal(signal.SIGUSR2, pass_on)
     try:
         rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C (the local launcher) or bkill: torchrun stops its ranks
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
     finally:
         signal.signal(signal.SIGUSR2, previous)
     from quantlib.outputs import read_status

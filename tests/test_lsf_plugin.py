@@ -137,7 +137,11 @@ def test_failure_and_states_after_jobs_age_out_of_bjobs(lsf, monkeypatch):
     assert bad.state == "FAILED" and bad.exit_code_file.read_text().strip() != "0"
 
 
-def test_cancel_sends_sigint_first_and_the_job_records_it(lsf):
+@pytest.mark.parametrize("interval", ["1", "10"])  # JOB_TERMINATE_INTERVAL: short, LSF default
+def test_cancel_sends_sigint_first_and_the_job_records_it(lsf, monkeypatch, interval):
+    """bkill: SIGINT, then SIGTERM and SIGKILL JOB_TERMINATE_INTERVAL apart (lsb.params,
+    default 10 s): the job ends on the SIGINT, whatever the interval, and records why."""
+    monkeypatch.setenv("LSF_STANDIN_TERMINATE_INTERVAL", interval)
     executor = LsfExecutor(lsf / "log")
     executor.update_parameters(run_limit_min=10)
     started = lsf / "started"
@@ -366,3 +370,32 @@ def test_installing_the_plugin_changes_nothing_for_slurm_users(tmp_path, monkeyp
     plugins.get_executors.cache_clear()
     assert with_plugin == without_plugin
     assert with_plugin[0]["time"] == 77 and with_plugin[0]["array_parallelism"] == 3
+
+
+def test_a_suspended_job_is_running_not_finished(lsf):
+    """bstop suspends a running job (USUSP); it is not finished, and bresume lets it end."""
+    executor = LsfExecutor(lsf / "log")
+    executor.update_parameters(run_limit_min=5)
+    started = lsf / "started"
+    job = executor.submit(sleep_then_add, str(started), 2.0)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline, job.state
+        time.sleep(0.2)
+    target = lsf_target(job.job_id)
+    assert subprocess.run(["bstop", target], capture_output=True).returncode == 0
+    bjobs = subprocess.run(["bjobs", "-a", "-o", "jobid jobindex stat exit_code", "-json",
+                            target], capture_output=True, text=True)
+    assert json.loads(bjobs.stdout)["RECORDS"][0]["STAT"] == "USUSP"
+    assert job.watcher.get_state(job.job_id, mode="force") == "RUNNING"
+    time.sleep(3)  # longer than the job's own work: stopped, it cannot have ended
+    assert not job.done(force_check=True)
+    assert subprocess.run(["bresume", target], capture_output=True).returncode == 0
+    wait(job)
+    assert job.result() == 3 and job.state == "COMPLETED"
+
+
+def sleep_then_add(started: str, seconds: float) -> int:
+    Path(started).write_text("ok")
+    time.sleep(seconds)
+    return 3

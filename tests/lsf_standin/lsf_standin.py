@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An LSF 10.1 stand-in for tests: bsub, bjobs, bkill, brequeue and bresume on this machine.
+"""An LSF 10.1 stand-in for tests: bsub, bjobs, bkill, brequeue, bstop and bresume here.
 
 Behaves as LSF documents where the backend depends on it:
 - bsub reads the job script from stdin and its #BSUB lines (-J "name[1-N]%P", -o/-e/-oo/-eo with
@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MAX_JOB_ARRAY_SIZE = 1000
-PENDING, RUNNING, FINISHED = {"PEND"}, {"RUN"}, {"DONE", "EXIT"}
+PENDING, RUNNING, FINISHED = {"PEND"}, {"RUN", "USUSP"}, {"DONE", "EXIT"}
 HELD = {"PSUSP"}  # bsub -H; bresume makes it PEND, bkill EXIT
 
 
@@ -597,17 +597,41 @@ def brequeue(argv: list[str]) -> int:
     return rc if rc or _targets.ok else 255
 
 
+def bstop(argv: list[str]) -> int:
+    """bstop: a running job is suspended by the user (USUSP; "sends the SIGSTOP signal to
+    sequential jobs": https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bstop.1.html);
+    a pending one is held (PSUSP). The run limit does not count while suspended is not modelled."""
+    rc = 0
+    with locked():
+        for job, picked, target in _targets(argv):
+            for i in picked:
+                e = job["elements"][i]
+                if e["stat"] in RUNNING:
+                    _signal(e["pid"], signal.SIGSTOP, e, "STOP")
+                    e["stat"] = "USUSP"
+                elif e["stat"] in PENDING:
+                    e["stat"] = "PSUSP"
+            save(job)
+            print(f"Job <{target}> is being stopped")
+    return rc if _targets.ok else 255
+
+
 def bresume(argv: list[str]) -> int:
     """bresume: a job held at submission (PSUSP) becomes pending (PEND) and is scheduled
     ("Waiting for re-scheduling after being resumed by user": IBM Spectrum LSF 10.1, example
     messages, https://www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=messaging-example-messages;
-    bresume: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bresume.1.html)."""
+    bresume: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bresume.1.html); a
+    user-suspended one (USUSP) runs on (SIGCONT)."""
     restart = []
     with locked():
         for job, picked, target in _targets(argv):
             for i in picked:
-                if job["elements"][i]["stat"] in HELD:
-                    job["elements"][i]["stat"] = "PEND"
+                e = job["elements"][i]
+                if e["stat"] in HELD:
+                    e["stat"] = "PEND"
+                elif e["stat"] == "USUSP":
+                    _signal(e["pid"], signal.SIGCONT, e, "CONT")
+                    e["stat"] = "RUN"
             save(job)
             restart.append(job["jobid"])
             print(f"Job <{target}> is being resumed")
@@ -623,7 +647,7 @@ def main() -> int:
         return 0
     command = os.path.basename(sys.argv[0])
     handlers = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "brequeue": brequeue,
-                "bresume": bresume}
+                "bresume": bresume, "bstop": bstop}
     if command not in handlers:
         print(f"lsf stand-in: unknown command {command}", file=sys.stderr)
         return 2
