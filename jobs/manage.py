@@ -12,6 +12,7 @@ from jobs import cluster
 from jobs.errors import UserError
 from jobs.grid import matches
 from jobs.ledger import LEDGER, Ledger
+from jobs.procs import job_process_alive
 from jobs.state import elapsed, job_state
 
 CLUSTER = ("slurm", "lsf")
@@ -158,7 +159,7 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
             e = ledger.jobs[jid]
             if e.get("backend") in CLUSTER:
                 by_backend.setdefault(e["backend"], []).append(e["scheduler_id"])
-            elif e.get("pid"):
+            elif e.get("pid") and job_process_alive(e):  # that very process, not a reused pid
                 try:  # the local launcher's child: its whole process group
                     os.killpg(e["pid"], signal.SIGINT)
                 except ProcessLookupError:
@@ -190,8 +191,8 @@ def logs(job: str, targets: list[str], out: IO[str] | None = None) -> int:
         state, reason = states(ledger)[jid]
         print(f"job {jid}: {state}" + (f": {reason}" if reason else ""), file=out)
         paths = [log_path(ledger, e)]
-        if e.get("backend") in CLUSTER:
-            paths.append(paths[0].replace("_log.out", "_log.err"))
+        if e.get("backend") in CLUSTER and paths[0].endswith(".out"):  # and its stderr
+            paths.append(paths[0].removesuffix(".out") + ".err")
         for path in paths:
             print(f"==> {rel_path(path)} <==", file=out)
             try:

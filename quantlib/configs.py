@@ -186,6 +186,9 @@ class QATKDConfig(QATConfig):
     kd_reduction: str = param("mean", "str", "KL reduction: mean over all elements (FT) or "
                               "batchmean", choices=("mean", "batchmean"))
     kd_t_squared: bool = param(False, "bool", "multiply the KL term by T^2")
+    kd_heads: str = param("sum", "str", "SQuAD's start and end KL terms: summed, as "
+                          "FasterTransformer's run_squad.py, or averaged",
+                          choices=("sum", "mean"))
     teacher_name_or_path: str | None = param(
         None, "optional_str", "teacher checkpoint; default: the job's own FP model")
 

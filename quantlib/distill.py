@@ -10,7 +10,9 @@ Variants (methods.md, pitfall 7: each is named and recorded with the results):
 - "t2" (Prune OFA; DistilBERT on SQuAD): w_hard * the student's task loss + w_kd * T^2 *
   KL(teacher/T || student/T) with batchmean reduction; for SQuAD the mean of the start and the
   end KL (DistilBERT's loss_ce = (loss_start + loss_end) / 2).
-For SQuAD every KL term is the mean over the start and the end logits.
+For SQuAD the KL terms of the start and end logits are summed in "ft" (FasterTransformer's
+run_squad.py: dloss = loss_start + loss_end; kd_heads="mean" averages them) and averaged in
+"t2" (DistilBERT).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def ft_kd_loss(student: torch.Tensor | list[torch.Tensor],
     if regression:
         kd = F.mse_loss(*pairs[0])
     else:
+        # SQuAD: FT's run_squad.py adds the start and the end term (kd_heads "sum")
         kd = sum(kl_term(s, t, cfg.kd_temperature, cfg.kd_reduction, cfg.kd_t_squared)
-                 for s, t in pairs) / len(pairs)
+                 for s, t in pairs) / (len(pairs) if cfg.kd_heads == "mean" else 1)
     return ce + cfg.kd_scale * kd, {"ce": ce, "kd": kd}
 
 
@@ -87,8 +90,9 @@ def t2_name(cfg: PruneOFAConfig | DistilSquadConfig) -> str:
 
 def ft_kd_name(cfg: QATKDConfig) -> str:
     t2 = " * T^2" if cfg.kd_t_squared else ""
+    heads = "start + end" if cfg.kd_heads == "sum" else "mean of start and end"
     return (f"ce + {cfg.kd_scale:g} * kl(softmax(t/T) || softmax(s/T), T={cfg.kd_temperature:g},"
-            f" reduction={cfg.kd_reduction}){t2}")
+            f" reduction={cfg.kd_reduction}){t2} (SQuAD: {heads})")
 
 
 def layers_kd_loss(s: Any, t: Any, cfg: DistillQuantConfig,

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from quantlib.configs import DistillQuantConfig, QATKDConfig
 from quantlib.distill import ft_kd_loss, ft_kd_name, layers_kd_loss, layers_kd_name
@@ -37,7 +38,26 @@ def test_ft_kd_default_is_ce_plus_10000_times_elementwise_mean_kl_at_t3():
     assert float(parts["kd"]) == pytest.approx(kl_mean, rel=1e-5)
     assert float(loss) == pytest.approx(0.7 + 10000 * kl_mean, rel=1e-5)
     assert ft_kd_name(cfg) == ("ce + 10000 * kl(softmax(t/T) || softmax(s/T), T=3, "
-                               "reduction=mean)")
+                               "reduction=mean) (SQuAD: start + end)")
+
+
+def test_ft_kd_on_squad_adds_start_and_end_as_fastertransformer():
+    """FT's run_squad.py: loss = (CE_start + CE_end) / 2 + distillation_loss_scale *
+    (KL_start + KL_end), each KL F.kl_div(log_softmax(s/T), softmax(t/T), "mean")."""
+    g = torch.Generator().manual_seed(3)
+    s_start, s_end, t_start, t_end = (torch.randn(4, 9, generator=g) for _ in range(4))
+    ce = torch.tensor(1.25)
+
+    def ft_kl(s, t, temperature=3.0):  # FT's distillation loss, reduction "mean" as in torch 1.x
+        return float(F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1),
+                              reduction="sum")) / s.numel()
+
+    reference = 1.25 + 10000 * (ft_kl(s_start, t_start) + ft_kl(s_end, t_end))
+    loss, _ = ft_kd_loss([s_start, s_end], [t_start, t_end], ce, QATKDConfig())
+    assert float(loss) == pytest.approx(reference, rel=1e-6)
+    mean, _ = ft_kd_loss([s_start, s_end], [t_start, t_end], ce, QATKDConfig(kd_heads="mean"))
+    assert float(mean) == pytest.approx(1.25 + (reference - 1.25) / 2, rel=1e-6)
+    assert ft_kd_name(QATKDConfig(kd_heads="mean")).endswith("(SQuAD: mean of start and end)")
 
 
 def test_ft_kd_batchmean_and_t_squared_variants():
