@@ -111,14 +111,14 @@ FLAG_OPTS = {"-H"}
 VALUE_OPTS = {"-J", "-o", "-e", "-oo", "-eo", "-W", "-n", "-R", "-gpu", "-q", "-P", "-M",
               "-wa", "-wt", "-w", "-G", "-cwd", "-outdir"}
 # values are checked as LSF checks them at submission, each refusal "... Job not submitted."
-# -n min_tasks[,max_tasks]: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__n.1.html
+# -n min_tasks[,max_tasks]: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.n.1.html
 # -M mem_limit [unit]: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__m.1.html
 # -q: the queue must exist (here: LSF_STANDIN_QUEUES, default "normal short long gpu")
-#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__q.1.html
+#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.q.1.html
 # -R sections select[] order[] rusage[] span[] same[] cu[] affinity[]:
 #   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_admin/res_req_strings_about.html
 # -gpu "num=N[:mode=shared|exclusive_process][:...]" or "-":
-#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__gpu.1.html
+#   https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.gpu.1.html
 CHECKS = {
     "-n": re.compile(r"[1-9]\d*(,[1-9]\d*)?"),
     "-M": re.compile(r"\d+(\.\d+)?\s*([KMGTPE]B?)?", re.IGNORECASE),
@@ -185,7 +185,7 @@ def bsub(argv: list[str]) -> int:
         print(f"{opts['-q']}: No such queue. Job not submitted.", file=sys.stderr)
         return 255
     # a dependency on a job LSF does not know is refused at submission, not left pending
-    # (bsub -w: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.__w.1.html)
+    # (bsub -w: https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bsub.w.1.html)
     for m in DEPENDENCY.finditer(opts.get("-w", "")):
         known = load(m.group(1))
         if known is None or (m.group(2) and m.group(2) not in known["elements"]):
