@@ -452,9 +452,10 @@ def _signal(pid: int, sig: int, element: dict, tag: str) -> None:
 
 def _kill_job_processes(pid: int) -> None:
     """When a job's top process exits, or bkill's SIGKILL or brequeue ends it, LSF cleans up
-    every process the job started (its process-tracking), not only the top one: an orphan of
-    the job does not outlive it (JOB_TERMINATE_INTERVAL sequence ends in SIGKILL:
-    https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_config_ref/lsb.params.job_terminate_interval.5.html)."""
+    every process the job started, not only the top one ("Job cleanup refers to ... Clean up
+    all left-over processes": https://www.ibm.com/support/knowledgecenter/SSWRJV_10.1.0/
+    best_practices/Cleaning%20up%20parallel%20job%20execution%20problems.html): an orphan of
+    the job does not outlive it."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
