@@ -159,7 +159,8 @@ def test_ctrl_c_marks_running_jobs_interrupted(tmp_path, tiny_model, demo_task):
     spec = write_spec(tmp_path, f"""
 name: stopped
 grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
-base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs: 500}}
+base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs: 500,
+        logging_steps: 1}}
 """)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "launch", str(spec)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -170,7 +171,8 @@ base: {{model_name_or_path: {tiny_model}, data_dir: {demo_task}, finetune_epochs
         if ledger_path.exists():
             jobs = Ledger(ledger_path.parent).jobs
             running = [e for e in jobs.values() if e["state"] == "running"]
-            if running and "Map" in Path(running[0]["log"]).read_text(errors="replace"):
+            # training (the trainer logs its loss every step), not still preparing the data
+            if running and "'loss'" in Path(running[0]["log"]).read_text(errors="replace"):
                 break
         time.sleep(0.5)
     else:
