@@ -18,7 +18,7 @@ from analysis.tables import tidy
 from jobs.atomic import write_text
 from jobs.errors import UserError
 
-FORMATS = ("xlsx", "csv", "md", "html")
+FORMATS = ("xlsx", "csv", "md", "html", "tex")
 
 
 def collect(paths: list[str], to: str, output: str | None = None,
@@ -60,6 +60,10 @@ def _collect(paths: list[str], to: str, output: str | None,
         from analysis.markdown import render
 
         write_text(out, safe_text.text(render(summarize(blocks), states)))
+    elif to == "tex":
+        from analysis.latex import render as render_tex
+
+        write_text(out, render_tex(summarize(blocks)))
     elif to == "html":
         from analysis.report import render as render_html
 

@@ -43,8 +43,12 @@ ROWS: list[tuple[str, str, str]] = [
 # configuration that never splits a block: the sheet's own axes, seeds (averaged), bookkeeping
 NOT_BLOCK_KEYS = {"task", "nbits", "seed", "method", "data_dir", "dataset_name",
                   "max_train_samples", "max_eval_samples", "logging_steps", "save_model",
-                  "stage", "after"}
+                  "stage", "after", "report_to", "export"}
 STAGE_INPUTS = ("model_name_or_path", "teacher_name_or_path")  # filled by a previous stage
+# what a job records of its compressed model (quantlib.model_size, quantlib.export_onnx), with
+# the column titles the tables give them
+EXTRAS = {"model_size_mb": "size (MB)", "compression_ratio": "× smaller",
+          "onnx_latency_ms": "ONNX INT8 (ms)", "onnx_speedup": "ONNX speedup"}
 
 
 @dataclass
@@ -80,6 +84,8 @@ class Block:
     bits: list[int]
     method: str = ""
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
+    # per EXTRAS key, task and bit width: what the runs recorded of their compressed model
+    extras: dict[str, dict[tuple[str, int], list[float]]] = field(default_factory=dict)
 
 
 def lineage_configs(runs: list[Run]) -> dict[int, dict[str, Any]]:
@@ -143,6 +149,12 @@ def build_blocks(runs: list[Run]) -> list[Block]:
         block = blocks[key]
         bits = run.nbits if run.nbits is not None else 32
         reason = collapse_reason(run.task, run.metrics)
+        for key in EXTRAS:
+            value = run.info.get(key)
+            if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value > 0):
+                block.extras.setdefault(key, {}).setdefault((run.task, bits), []).append(
+                    float(value))
         for task, metric, label in ROWS:
             if task == run.task and metric in run.metrics and bits in block.bits:
                 cell = block.cells.setdefault((label, bits), Cell())

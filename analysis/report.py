@@ -12,10 +12,18 @@ from typing import Any
 import jinja2
 
 from analysis.baselines import collapse_reason
-from analysis.measurements import Block, sheet_rows
+from analysis.measurements import EXTRAS, Block, sheet_rows
 from analysis.results import Collection
-from analysis.summary import TaskSummary, format_delta, format_stat
-from analysis.svgchart import data_uri, line_chart_svg
+from analysis.summary import (
+    DROP_MARK,
+    TaskSummary,
+    drop_note,
+    format_delta,
+    format_extra,
+    format_stat,
+    test_text,
+)
+from analysis.svgchart import data_uri, line_chart_svg, scatter_chart_svg
 
 RUNS_TABLE_LIMIT = 2000  # larger collections: the runs table is in the xlsx / csv
 LOW, MID, HIGH = (0xF8, 0x69, 0x6B), (0xFF, 0xEB, 0x84), (0x63, 0xBE, 0x7B)
@@ -42,14 +50,15 @@ def colour(value: float, values: list[float]) -> str:
 
 
 def _cell(text: Any, num: bool = False, bg: str | None = None,
-          collapsed: str | None = None) -> dict[str, Any]:
-    return {"text": text, "num": num, "bg": bg, "collapsed": collapsed}
+          collapsed: str | None = None, tip: str | None = None) -> dict[str, Any]:
+    return {"text": text, "num": num, "bg": bg, "collapsed": collapsed, "tip": tip}
 
 
 def _task(summary: TaskSummary) -> dict[str, Any]:
     header = ["method", "bits", "runs"]
     for label in summary.labels:
         header += [label, "Δ FP32"]
+    header += [EXTRAS[k] for k in summary.extra_keys]
     finite = {label: [r.stats[label].mean for r in summary.rows if label in r.stats
                       and not math.isnan(r.stats[label].mean)] for label in summary.labels}
     rows = []
@@ -65,11 +74,20 @@ def _task(summary: TaskSummary) -> dict[str, Any]:
                 cell["bg"] = colour(stat.mean, finite[label])
             if stat.collapsed:
                 cell["collapsed"] = "single-class predictor: " + "; ".join(stat.collapsed)
-            cells += [cell, _cell(format_delta(stat, summary.task), True)]
+            if stat.dropped:
+                cell["text"] += " " + DROP_MARK
+            cells += [cell, _cell(format_delta(stat, summary.task), True,
+                                  tip=test_text(stat) or None)]
+        cells += [_cell(format_extra(k, row.extras.get(k)), True) for k in summary.extra_keys]
         rows.append(cells)
     chart = data_uri(line_chart_svg(summary)) if summary.series else None
+    scatter = data_uri(scatter_chart_svg(summary)) if summary.points else None
     return {"display": summary.display, "header": header, "rows": rows, "chart": chart,
             "chart_alt": f"{summary.display}: {summary.chart_label} vs bits",
+            "scatter": scatter,
+            "drop_note": drop_note() if summary.any_dropped else None,
+            "seeds_note": summary.seeds_note,
+            "scatter_alt": f"{summary.display}: {summary.chart_label} vs model size",
             "baseline": summary.baseline}
 
 

@@ -1,5 +1,6 @@
-"""Per-task summaries: method × nbits with mean ± std over seeds, the run count and the delta to
-the FP32 baseline of the same task; and the chart data (metric vs nbits, a series per method).
+"""Per-task summaries: method × nbits with mean ± std over seeds, the run count, the delta to
+the FP32 baseline of the same task and the compressed model's size; and the chart data (metric
+vs nbits, a series per method; metric vs model size, with the Pareto front).
 
 Built from the measurements blocks, so a method's variants (a block each) stay apart here too.
 The workbook's task sheets, the Markdown tables and the HTML report all show these.
@@ -10,8 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from analysis.measurements import ROWS, Block, Cell
+from analysis.measurements import EXTRAS, ROWS, Block, Cell
+from analysis.stats import TTest, against_baseline, significant_drop
 from quantlib.tasks import TASKS
+
+# tasks whose fine-tuning results swing across seeds (BERT paper, Dodge et al. 2020)
+UNSTABLE_TASKS = {"rte", "mrpc", "cola", "stsb"}
+MIN_SEEDS = 3
+DROP_MARK = "*"
 
 CHART_METRIC = {"squad": "f1"}  # else the task's first metric
 
@@ -20,6 +27,12 @@ CHART_METRIC = {"squad": "f1"}  # else the task's first metric
 class Stat:
     cell: Cell
     delta: float | None  # mean - FP32 mean of the same task and metric
+    test: TTest | None = None  # against the FP32 runs (>= 2 runs in this cell)
+
+    @property
+    def dropped(self) -> bool:
+        """Significantly below FP32 (Welch's t-test, p < 0.05)."""
+        return significant_drop(self.test)
 
     @property
     def mean(self) -> float:
@@ -44,6 +57,15 @@ class Row:
     method: str
     bits: int  # 32 for methods without a bit width
     stats: dict[str, Stat] = field(default_factory=dict)  # row label -> Stat
+    extras: dict[str, float] = field(default_factory=dict)  # EXTRAS key -> mean of the runs
+
+    @property
+    def size_mb(self) -> float | None:
+        return self.extras.get("model_size_mb")
+
+    @property
+    def ratio(self) -> float | None:
+        return self.extras.get("compression_ratio")
 
     @property
     def runs(self) -> int:
@@ -57,6 +79,17 @@ class Series:
 
 
 @dataclass
+class Point:
+    """A row of the table in the metric-vs-size chart."""
+
+    series: str  # the block's title
+    bits: int
+    size_mb: float
+    value: float
+    on_front: bool = False  # no other point is at most as large and at least as good
+
+
+@dataclass
 class TaskSummary:
     task: str
     display: str
@@ -66,6 +99,26 @@ class TaskSummary:
     chart_label: str | None = None
     chart_bits: list[int] = field(default_factory=list)
     series: list[Series] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)  # chart_label vs model size
+
+    @property
+    def extra_keys(self) -> list[str]:
+        """The EXTRAS some row has, in EXTRAS' order: the tables' last columns."""
+        return [k for k in EXTRAS if any(k in r.extras for r in self.rows)]
+
+    @property
+    def any_dropped(self) -> bool:
+        return any(s.dropped for r in self.rows for s in r.stats.values())
+
+    @property
+    def seeds_note(self) -> str | None:
+        """For a task known to vary across seeds, when some row has fewer than 3 runs."""
+        few = [r for r in self.rows if r.runs < MIN_SEEDS]
+        if self.task not in UNSTABLE_TASKS or not few:
+            return None
+        return (f"{self.display} varies across fine-tuning seeds: {len(few)} of "
+                f"{len(self.rows)} rows have fewer than {MIN_SEEDS} runs (seeds); differences "
+                "there may be noise")
 
 
 def _finite(value: float | None) -> bool:
@@ -94,15 +147,42 @@ def summarize(blocks: list[Block]) -> list[TaskSummary]:
                     base = baseline.cells.get((label, 32)) if baseline else None
                     delta = (cell.mean - base.mean if base and _finite(base.mean)
                              and _finite(cell.mean) else None)
-                    stats[label] = Stat(cell, delta)
+                    test = (against_baseline(cell.values, base.values)
+                            if base is not None and blk is not baseline else None)
+                    stats[label] = Stat(cell, delta, test)
                 if stats:
-                    rows.append(Row(blk.title, blk.method, bits, stats))
+                    extras = {k: sum(v) / len(v) for k, by in blk.extras.items()
+                              if (v := by.get((task, bits)))}
+                    rows.append(Row(blk.title, blk.method, bits, stats, extras))
         entry = TASKS.get(task)
         summary = TaskSummary(task, entry.display if entry else task, labels, rows,
                               baseline.title if baseline else None)
         _chart(summary, blocks, entry.metrics if entry else ())
+        _points(summary)
         out.append(summary)
     return out
+
+
+def pareto(points: list[Point]) -> None:
+    """Mark the points no other point dominates (at most as large and at least as good, one of
+    the two strictly): the best metric each size can buy."""
+    for p in points:
+        p.on_front = not any(
+            q is not p and q.size_mb <= p.size_mb and q.value >= p.value
+            and (q.size_mb < p.size_mb or q.value > p.value) for q in points)
+
+
+def _points(summary: TaskSummary) -> None:
+    label = summary.chart_label or (summary.labels[0] if summary.labels else None)
+    if label is None:
+        return
+    for row in summary.rows:
+        stat = row.stats.get(label)
+        if stat is not None and row.size_mb is not None and _finite(stat.mean):
+            summary.points.append(Point(row.title, row.bits, row.size_mb, stat.mean))
+    pareto(summary.points)
+    if summary.points and summary.chart_label is None:
+        summary.chart_label = label
 
 
 def _chart(summary: TaskSummary, blocks: list[Block], metrics: tuple[str, ...]) -> None:
@@ -149,3 +229,38 @@ def format_delta(stat: Stat | None, task: str) -> str:
     if stat is None or stat.delta is None:
         return ""
     return f"{stat.delta:+.{_digits(task)}f}"
+
+
+def format_size(size_mb: float | None) -> str:
+    return "" if size_mb is None else f"{size_mb:.3f}" if size_mb < 10 else f"{size_mb:.1f}"
+
+
+def format_ratio(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}×"
+
+
+def format_extra(key: str, value: float | None) -> str:
+    if value is None:
+        return ""
+    if key == "model_size_mb":
+        return format_size(value)
+    if key in ("compression_ratio", "onnx_speedup"):
+        return format_ratio(value)
+    return f"{value:.2f}"
+
+
+EXTRA_FORMATS = {"model_size_mb": "0.000", "compression_ratio": "0.00", "onnx_latency_ms": "0.00",
+                 "onnx_speedup": "0.00"}
+
+
+def drop_note() -> str:
+    return (f"{DROP_MARK} significantly below FP32: Welch's t-test over the runs (seeds), "
+            "p < 0.05 (against a single FP32 run: a one-sample t-test); tested where a row has "
+            "at least 2 runs")
+
+
+def test_text(stat: Stat) -> str:
+    t = stat.test
+    if t is None:
+        return ""
+    return f"{t.kind} t = {t.t:.2f}, df = {t.df:.1f}, p = {t.p:.3g}"

@@ -1,5 +1,6 @@
-"""A line chart as a standalone SVG image (metric vs nbits, a series per method), for the HTML
-report: no plotting library, nothing fetched when the report is opened."""
+"""Charts as standalone SVG images for the HTML report: metric vs nbits (a line per method) and
+metric vs model size (a point per method and bit width, the Pareto front dashed). No plotting
+library, nothing fetched when the report is opened."""
 
 from __future__ import annotations
 
@@ -86,6 +87,86 @@ def line_chart_svg(summary: TaskSummary) -> str:
         out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{ly}" y2="{ly}" stroke="{colour}" '
                    'stroke-width="3"/>')
         out.append(f'<text x="{lx + 28}" y="{ly + 4}">{escape(series.name[:30])}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _marker(cx: float, cy: float, colour: str, square: bool, extra: str = "",
+            tip: str = "") -> str:
+    if square:
+        return (f'<rect x="{cx - 4:.1f}" y="{cy - 4:.1f}" width="8" height="8" fill="{colour}"'
+                f'{extra}>{tip}</rect>')
+    return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" fill="{colour}"{extra}>{tip}</circle>'
+
+
+def scatter_chart_svg(summary: TaskSummary) -> str:
+    """The metric against the model's size (MB, log scale when the sizes span more than 4×)."""
+    pts = summary.points
+    xs, ys = [p.size_mb for p in pts], [p.value for p in pts]
+    log = max(xs) / min(xs) > 4
+    fx = math.log10 if log else (lambda v: v)
+    x_lo, x_hi = fx(min(xs)), fx(max(xs))
+    x_pad = (x_hi - x_lo) * 0.08 or 0.1
+    x_lo, x_hi = x_lo - x_pad, x_hi + x_pad
+    lo, hi = min(ys), max(ys)
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
+    lo, hi = lo - pad, hi + pad
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(v: float) -> float:
+        return LEFT + plot_w * (fx(v) - x_lo) / (x_hi - x_lo)
+
+    def y(v: float) -> float:
+        return TOP + plot_h * (1 - (v - lo) / (hi - lo))
+
+    label = escape(summary.chart_label or "")
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
+           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
+           f'{escape(summary.display)}: {label} vs model size</text>',
+           f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
+           f'stroke="#444"/>']
+    digits = 1 if hi - lo > 5 else 3
+    for t in _ticks(lo, hi):
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
+                   f'stroke="#ddd"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{y(t) + 4:.1f}" text-anchor="end">'
+                   f'{t:.{digits}f}</text>')
+    if log:
+        ticks = [10 ** e for e in range(math.floor(x_lo), math.ceil(x_hi) + 1)]
+        ticks = [t * m for t in ticks for m in (1, 2, 5) if x_lo <= math.log10(t * m) <= x_hi]
+    else:
+        ticks = [t for t in _ticks(x_lo, x_hi) if t > 0]
+    for t in ticks:
+        out.append(f'<text x="{x(t):.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">'
+                   f'{t:g}</text>')
+    out.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 12}" text-anchor="middle">'
+               f'model size (MB{", log scale" if log else ""})</text>')
+    out.append(f'<text transform="translate(16 {TOP + plot_h / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle">{label}</text>')
+    front = sorted((p for p in pts if p.on_front), key=lambda p: p.size_mb)
+    if len(front) > 1:
+        points = " ".join(f"{x(p.size_mb):.1f},{y(p.value):.1f}" for p in front)
+        out.append(f'<polyline points="{points}" fill="none" stroke="#444" '
+                   'stroke-dasharray="6 4" stroke-width="1.5"/>')
+    names = list(dict.fromkeys(p.series for p in pts))
+    for k, name in enumerate(names):
+        colour = PALETTE[k % len(PALETTE)]
+        square = (k // len(PALETTE)) % 2 == 1  # past the palette: squares, not circles
+        for p in pts:
+            if p.series == name:
+                ring = ' stroke="#000" stroke-width="1.5"' if p.on_front else ""
+                tip = (f'<title>{escape(name)}, {p.bits} bits: {p.value:.4g} at '
+                       f'{p.size_mb:.3g} MB</title>')
+                out.append(_marker(x(p.size_mb), y(p.value), colour, square, ring, tip))
+        ly, lx = TOP + 8 + 18 * k, LEFT + plot_w + 14
+        out.append(_marker(lx + 11, ly, colour, square))
+        out.append(f'<text x="{lx + 28}" y="{ly + 4}">{escape(name[:30])}</text>')
+    ly = TOP + 8 + 18 * len(names)
+    out.append(f'<line x1="{LEFT + plot_w + 14}" x2="{LEFT + plot_w + 36}" y1="{ly}" y2="{ly}" '
+               'stroke="#444" stroke-dasharray="6 4" stroke-width="1.5"/>')
+    out.append(f'<text x="{LEFT + plot_w + 42}" y="{ly + 4}">Pareto front</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
-from openpyxl.chart import LineChart, Reference
+from openpyxl.chart import LineChart, Reference, ScatterChart, Series
 from openpyxl.comments import Comment
 from openpyxl.formatting.rule import ColorScaleRule
 from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from analysis.measurements import ROWS, Block, sheet_rows
+from analysis.measurements import EXTRAS, ROWS, Block, sheet_rows
 from analysis.safe_text import harden_workbook
-from analysis.summary import TaskSummary
+from analysis.summary import DROP_MARK, EXTRA_FORMATS, TaskSummary, drop_note, test_text
 from analysis.tables import LEAD, TAIL
 from jobs.atomic import default_mode
 
@@ -76,6 +76,8 @@ def _task_sheet(ws: Worksheet, summary: TaskSummary) -> None:
     header: list[Any] = ["method", "bits", "runs"]
     for label in summary.labels:
         header += [label, "± std", "Δ FP32"]
+    extras = summary.extra_keys
+    header += [EXTRAS[k] for k in extras]
     ws.append(header)
     for cell in ws[1]:
         cell.font = BOLD
@@ -98,9 +100,16 @@ def _task_sheet(ws: Worksheet, summary: TaskSummary) -> None:
                 std.number_format = number
             if stat.delta is not None:
                 delta = ws.cell(row=r, column=col + 2, value=stat.delta)
-                delta.number_format = f"+{number};-{number};{number}"
+                mark = f'" {DROP_MARK}"' if stat.dropped else ""
+                delta.number_format = f"+{number}{mark};-{number}{mark};{number}{mark}"
+                if stat.test is not None:
+                    delta.comment = Comment(test_text(stat), "quantsweep")
             if stat.collapsed:
                 _mark(mean, stat.collapsed)
+        for j, key in enumerate(extras):
+            if key in row.extras:
+                ws.cell(row=r, column=4 + 3 * len(summary.labels) + j,
+                        value=row.extras[key]).number_format = EXTRA_FORMATS[key]
     last = len(summary.rows) + 1
     if summary.rows:
         for i in range(len(summary.labels)):
@@ -117,12 +126,28 @@ def _task_sheet(ws: Worksheet, summary: TaskSummary) -> None:
         else "no FP32 run of this task: no deltas",
         "red bold italic: a run equal to a single-class baseline (its comment names the run)",
     ]
+    if summary.any_dropped:
+        notes.append(drop_note() + " (the Δ FP32 cell; its comment gives t, df and p)")
+    if summary.seeds_note:
+        notes.append(summary.seeds_note)
+    if "onnx_speedup" in extras:
+        notes.append("ONNX: the 8-bit model exported with QDQ nodes and run by onnxruntime on "
+                     "the CPU; INT8 latency at batch 1 (ms) and speedup = the FP32 export's "
+                     "latency ÷ the INT8 one, measured in the same job")
+    if "model_size_mb" in extras:
+        notes.append("size: the bytes the compressed model needs (quantized weights packed at "
+                     "their bit width with their scales, sparse weights in a sparse layout, "
+                     "the rest FP32; MB = 10^6 bytes); × smaller: the same architecture in "
+                     "FP32 ÷ size")
     for i, note in enumerate(notes):
         ws.cell(row=last + 2 + i, column=1, value=note)
     # the notes overflow to the right: column A is as wide as the method titles only
     _widths(ws, fixed={1: max([len(r.title) for r in summary.rows] + [10])})
     ws.freeze_panes = "B2"
-    _chart(ws, summary, len(header) + 2)
+    col = len(header) + 2
+    _chart(ws, summary, col)
+    if summary.points:
+        _scatter(ws, summary, col + (len(summary.chart_bits) + 2 if summary.series else 0))
 
 
 def _chart(ws: Worksheet, summary: TaskSummary, col: int) -> None:
@@ -158,6 +183,51 @@ def _chart(ws: Worksheet, summary: TaskSummary, col: int) -> None:
     ws.add_chart(chart, f"{get_column_letter(col)}{last_row + 2}")
     ws.column_dimensions[get_column_letter(col)].width = min(
         max(len(s.name) for s in summary.series) + 2, 48)
+
+
+def _scatter(ws: Worksheet, summary: TaskSummary, col: int) -> None:
+    """The metric against the model's size: the points beside the table (grouped by series),
+    a native scatter chart with a series per method and the Pareto front as a line."""
+    head = ["series", "size (MB)", f"{summary.chart_label} (mean)", "bits", "Pareto front"]
+    for j, text in enumerate(head):
+        ws.cell(row=1, column=col + j, value=text).font = BOLD
+    groups: dict[str, list] = {}
+    for p in summary.points:
+        groups.setdefault(p.series, []).append(p)
+    front = sorted((p for p in summary.points if p.on_front), key=lambda p: p.size_mb)
+    ranges: list[tuple[str, int, int]] = []
+    r = 2
+    for name, pts in [*groups.items(), ("Pareto front", front)]:
+        start = r
+        for p in sorted(pts, key=lambda p: p.size_mb):
+            ws.cell(row=r, column=col, value=name)
+            ws.cell(row=r, column=col + 1, value=p.size_mb).number_format = "0.000"
+            ws.cell(row=r, column=col + 2, value=p.value).number_format = "0.0000"
+            ws.cell(row=r, column=col + 3, value=p.bits)
+            ws.cell(row=r, column=col + 4, value="yes" if p.on_front else "")
+            r += 1
+        ranges.append((name, start, r - 1))
+    chart = ScatterChart()
+    chart.title = f"{summary.display}: {summary.chart_label} vs model size"
+    chart.x_axis.title = "model size (MB)"
+    chart.y_axis.title = summary.chart_label
+    chart.x_axis.delete = False
+    chart.y_axis.delete = False
+    chart.width, chart.height = 18, 10
+    for name, first, last in ranges:
+        xs = Reference(ws, min_col=col + 1, min_row=first, max_row=last)
+        ys = Reference(ws, min_col=col + 2, min_row=first, max_row=last)
+        series = Series(ys, xs, title=name)
+        if name == "Pareto front":
+            series.marker.symbol = "none"
+            series.graphicalProperties.line.dashStyle = "dash"
+        else:
+            series.marker.symbol = "circle"
+            series.graphicalProperties.line.noFill = True
+        chart.series.append(series)
+    ws.add_chart(chart, f"{get_column_letter(col)}{r + 2}")
+    ws.column_dimensions[get_column_letter(col)].width = min(
+        max(len(p.series) for p in summary.points) + 2, 48)
 
 
 def split_constant(header: list[str], rows: list[list[Any]]) -> tuple[

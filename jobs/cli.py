@@ -61,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                         "an HTML report")
     co.add_argument("paths", nargs="*", default=["runs"],
                     help="sweep or job directories, ours or other tools' (default: runs)")
-    co.add_argument("--to", choices=("xlsx", "csv", "md", "html"), default="xlsx",
+    co.add_argument("--to", choices=("xlsx", "csv", "md", "html", "tex"), default="xlsx",
                     help="xlsx: the seed study's workbook with a sheet per task; csv: every run, "
-                    "one row each; md: a table per task; html: a self-contained report "
-                    "(default: %(default)s)")
+                    "one row each; md: a table per task; html: a self-contained report; tex: a "
+                    "LaTeX booktabs table per task (default: %(default)s)")
     co.add_argument("-o", "--output", default=None,
                     help="output file (default: results.<ext> in the first directory)")
     co.add_argument("--pattern", action="append", default=[], metavar="PATTERN",

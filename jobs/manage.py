@@ -11,7 +11,7 @@ from typing import IO, Any
 from jobs import cluster
 from jobs.errors import UserError
 from jobs.grid import matches
-from jobs.ledger import LEDGER, Ledger
+from jobs.ledger import LEDGER, Ledger, entry_path
 from jobs.procs import job_process_alive
 from jobs.state import elapsed, job_state
 
@@ -114,7 +114,23 @@ def status(targets: list[str], out: IO[str] | None = None, long: bool = False) -
             totals[state] = totals.get(state, 0) + 1
         print(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(totals.items())),
               file=out)
+        for line in _curves(ledger):
+            print(line, file=out)
     return 0
+
+
+def _curves(ledger: Ledger) -> list[str]:
+    """Where the training curves of jobs with `report_to` are, and how to look at them."""
+    from quantlib.tracking import where
+
+    by_tool: dict[str, list[str]] = {}
+    for e in ledger.jobs.values():
+        tool = e.get("config", {}).get("report_to")
+        if isinstance(tool, str) and tool != "none" and e.get("output_dir"):
+            by_tool.setdefault(tool, []).append(
+                rel_path(entry_path(ledger.sweep_dir, e["output_dir"])))
+    return [f"training curves ({tool}): {where(tool, dirs)}"
+            for tool, dirs in sorted(by_tool.items()) if where(tool, dirs)]
 
 
 def _cut(text: str, width: int) -> str:

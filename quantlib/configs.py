@@ -79,6 +79,13 @@ class TrainArgs:
     fp16: bool = param(False, "bool", "mixed precision (CUDA)")
     bf16: bool = param(False, "bool", "bfloat16 mixed precision")
     logging_steps: int = param(50, "int", "log the training loss every N steps", lo=1)
+    report_to: str = param("none", "str", "training curves through the HF Trainer: "
+                           "tensorboard (the job's tensorboard/), wandb (offline without "
+                           "network), mlflow (the job's mlruns/), none",
+                           choices=("none", "tensorboard", "wandb", "mlflow"))
+    export: str = param("none", "str", "onnx: write the 8-bit model as ONNX (QDQ), evaluate it "
+                        "with onnxruntime and time it against the FP32 export",
+                        choices=("none", "onnx"))
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ class INQConfig(MethodConfig):
 class LinearINQConfig(INQConfig):
     granularity: str = param("tensor", "str", "one scale per tensor or per output row",
                              choices=("tensor", "row"))
+    inq_scale: str = param("max", "str", "the step: max (max|W| / (2^(b-1)-1), the paper) or "
+                           "mse (least squared error, per tensor or row)", choices=("max", "mse"))
     mode = "lin"
 
 
@@ -119,6 +128,9 @@ class LinearINQConfig(INQConfig):
 class Pow2INQConfig(INQConfig):
     granularity: str = param("tensor", "str", "one level set per tensor or per output row",
                              choices=("tensor", "row"))
+    inq_scale: str = param("max", "str", "the top exponent n1: max (floor(log2(4 max|W|/3)), "
+                           "the paper) or mse (least squared error, per tensor or row)",
+                           choices=("max", "mse"))
     mode = "p2"
 
 
@@ -275,7 +287,8 @@ class PruneOFAConfig(MethodConfig):
     quantize_embeddings: bool = param(True, "bool", "QAT: embeddings too")
     quantize_head: bool = param(True, "bool", "QAT: pooler and task head too")
     quantize_outputs: bool = param(False, "bool", "QAT: Linear outputs too")
-    integer_inference: bool = param(False, "bool", "QAT: evaluate through the integer GEMM")
+    integer_inference: bool = param(True, "bool", "QAT: evaluate through the integer GEMM "
+                                    "path (as q8bert)")
 
 
 @dataclass(frozen=True)
@@ -466,7 +479,28 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     if allowed and task not in allowed:
         raise ConfigError("task", f"{task!r}: method {method!r} runs on {', '.join(allowed)} "
                                   "only")
+    if out.get("export", "none") == "onnx":
+        _check_export(method, out)
     return out
+
+
+ONNX_METHODS = ("q8bert", "ptq", "qat", "qat-kd")
+ONNX_WITH_QAT = ("sparse24", "magnitude", "pruneofa")
+
+
+def _check_export(method: str, out: dict[str, Any]) -> None:
+    fields = method_fields(method)
+    nbits = out.get("nbits", fields["nbits"].default if "nbits" in fields else None)
+    qat = out.get("qat", fields["qat"].default if "qat" in fields else False)
+    if not (method in ONNX_METHODS or (method in ONNX_WITH_QAT and qat)):
+        raise ConfigError("export", f"onnx: method {method!r} has no 8-bit QDQ form; allowed: "
+                          f"{', '.join(ONNX_METHODS)}, and {', '.join(ONNX_WITH_QAT)} with "
+                          "qat: true")
+    if nbits != 8:
+        raise ConfigError("export", f"onnx: the export is 8-bit (int8 QDQ); nbits is {nbits}")
+    if TASKS[out["task"]].is_qa:
+        raise ConfigError("export", "onnx: evaluation through the export covers the GLUE "
+                                    "tasks; not squad")
 
 
 def ignored_keys(values: dict[str, Any]) -> list[str]:

@@ -108,7 +108,7 @@ def reduce_amax(x: torch.Tensor, granularity: str, groups: int = 1) -> torch.Ten
 class TensorQuantizer(nn.Module):
     """Fake-quantizes what passes through it; collects statistics while calibrating.
 
-    `enabled` (quantize), `observing` and `calibrating` are plain attributes set by the recipe,
+    `enabled` (quantize) and `calibrating` are plain attributes set by the recipe,
     not state: a recipe re-derives them when a job resumes. `amax` and the EMA step count are
     buffers, so they travel in checkpoints.
     """
@@ -129,9 +129,12 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("amax", torch.zeros(amax_shape))
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.enabled = False
-        self.observing = False  # EMA: track amax in training even while not quantizing
         self.calibrating = False
         self.calibrator = None  # set by quantlib.calibrators.attach
+        # ONNX export (quantlib.export_onnx): the int8 scale, per tensor (a float) or per
+        # channel (a tensor), fixed before tracing; the forward then emits torch's fake-quantize
+        # ops, which the exporter writes as QuantizeLinear / DequantizeLinear
+        self.export_scale: float | torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return (f"nbits={self.nbits}, amax={self.amax_mode}/{self.granularity}, "
@@ -152,10 +155,18 @@ class TensorQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating and self.calibrator is not None:
             self.calibrator.collect(x.detach())
-        if self.amax_mode == "ema" and self.training and (self.enabled or self.observing):
+        # EMA (nlp-architect): the first value seen while on, in training, then the moving
+        # average; a quantizer switched on later (the Q8BERT head) starts it then
+        if self.amax_mode == "ema" and self.training and self.enabled:
             self._update_ema(x)
         if not self.enabled:
             return x
+        if self.export_scale is not None:
+            if isinstance(self.export_scale, torch.Tensor):
+                zero = torch.zeros(self.export_scale.numel(), dtype=torch.int32)
+                return torch.fake_quantize_per_channel_affine(x, self.export_scale, zero, 0,
+                                                              -128, 127)
+            return torch.fake_quantize_per_tensor_affine(x, self.export_scale, 0, -128, 127)
         return fake_quant(x, self.current_amax(x), self.nbits, narrow=self.narrow,
                           clip=self.ste == "clip")
 

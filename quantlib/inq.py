@@ -21,6 +21,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from quantlib.configs import INQConfig, LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
+from quantlib.model_size import Code
 from quantlib.quantizers import Quantizer, make_quantizer, max_levels
 
 
@@ -74,9 +75,9 @@ def select_weights(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.
 
 def quantizer_for(cfg: INQConfig) -> tuple[str, dict]:
     if isinstance(cfg, LinearINQConfig):
-        return "lin", {"per_row": cfg.granularity == "row"}
+        return "lin", {"per_row": cfg.granularity == "row", "scale_rule": cfg.inq_scale}
     if isinstance(cfg, Pow2INQConfig):
-        return "p2", {"per_row": cfg.granularity == "row"}
+        return "p2", {"per_row": cfg.granularity == "row", "scale_rule": cfg.inq_scale}
     if isinstance(cfg, MultiBitINQConfig):
         return "mb", {"cycles": cfg.amq_cycles}
     raise TypeError(f"no quantizer for {type(cfg).__name__}")
@@ -158,9 +159,15 @@ class INQController(TrainerCallback):
                 per = int(torch.unique(rows).numel())
             distinct = max(distinct, per)
         limit = max_levels(self.mode, self.cfg.nbits)
+        zeros = sum(int((p.detach() == 0).sum()) for p in self.weights.values())
+        total = sum(p.numel() for p in self.weights.values())
         return {"quantized_fraction": self.frozen_fraction(),
-                "quantized_params": float(sum(p.numel() for p in self.weights.values())),
+                "quantized_params": float(total), "zero_fraction": zeros / total,
                 "max_distinct_values": float(distinct), "level_limit": float(limit)}
+
+    def codes(self) -> dict[str, Code]:
+        """How each weight is stored: nbits per value and its quantizer's scales."""
+        return {n: Code(self.cfg.nbits, q.scale_bytes()) for n, q in self.quantizers.items()}
 
     def remove_hooks(self) -> None:
         for h in self._hooks:

@@ -3,7 +3,9 @@
 A QAT job is one HF Trainer run: an optional FP32 fine-tuning stage, then the quantized stage.
 At the first step of the quantized stage the callback (1) snapshots the FP model as the teacher
 when the method distills, (2) calibrates (PTQ-family methods) and (3) turns the quantizers on;
-`delayed` quantizers (the Q8BERT head) come on a given number of steps later. A job resumed
+`delayed` quantizers (the Q8BERT head) come on a given number of steps later and, as
+nlp-architect's QuantizedLayer (`_update_ema` fills the threshold at `_step == start_step`),
+start their EMA only then. A job resumed
 from a checkpoint past that point gets its amax back from the checkpoint (they are buffers),
 its teacher from the checkpoint's teacher file, and its quantizers turned on at once.
 """
@@ -42,7 +44,6 @@ class QuantStart(TrainerCallback):
                  quantizers: list[TensorQuantizer], *,
                  calibrate: Callable[[], dict] | None = None,
                  delayed: tuple[int, list[TensorQuantizer]] | None = None,
-                 observe_delayed: bool = False,
                  distiller: Distiller | None = None,
                  teacher_factory: Callable[[], nn.Module] | None = None):
         self.model = model
@@ -51,7 +52,6 @@ class QuantStart(TrainerCallback):
         self.quantizers = quantizers
         self.calibrate = calibrate
         self.delay, self.delayed = delayed if delayed else (0, [])
-        self.observe_delayed = observe_delayed
         self.distiller = distiller
         self.teacher_factory = teacher_factory  # None: the teacher is the FP model at the start
         self.start: int | None = None
@@ -82,10 +82,11 @@ class QuantStart(TrainerCallback):
             self.record = self.calibrate()
         check_calibrated(self.quantizers)
         enable(self.quantizers)
-        if self.observe_delayed:
-            for q in self.delayed:
-                q.observing = True
         self.started = True
+
+    @property
+    def head_quantized(self) -> bool:
+        return self.delayed_on or not self.delayed
 
     def switch_delayed(self) -> None:
         enable(self.delayed)
@@ -112,8 +113,11 @@ class QuantStart(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not self.started:
             self.switch_on()
-        if not self.delayed_on:  # inference is always quantized, head included
-            self.switch_delayed()
+        if not self.delayed_on and self.delayed:
+            # the QAT stage ended before the head's start step: its EMA thresholds never
+            # started (nlp-architect would scale by a zero threshold); the head stays FP
+            print(f"quantlib.qat: QAT ended at step {state.global_step}, before the head's "
+                  f"start step {self.start + self.delay}: the head stays in FP32", flush=True)
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

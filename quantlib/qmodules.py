@@ -2,13 +2,16 @@
 subclass and quantizers are attached), so parameters, their names and the optimizer's view of
 them stay exactly as they were; checkpoints gain only the quantizers' buffers.
 
-- QuantLinear: input / weight / optional output quantizers; an integer inference path (Q8BERT)
-  that computes the GEMM on the integers with the bias quantized to 32 bit at scale s_w * s_x.
+- QuantLinear: input / weight / optional output quantizers, and FasterTransformer's
+  `aftergemm` quantizer on the GEMM's output before the bias is added (for the FFN's first
+  dense, the GELU input); an integer inference path (Q8BERT) that computes the GEMM on the
+  integers with the bias quantized to 32 bit at scale s_w * s_x.
 - QuantEmbedding: weight quantizer.
 - QuantSelfAttention: quantizers on the two attention matmuls' inputs (Q, K, V, probabilities)
-  and on the softmax input (the scaled QK^T scores, before the mask is added).
+  and on the softmax input (the raw QK^T, before the 1/sqrt(d) scale and the mask, where FT's
+  modeling.py places it).
 - QuantResidualOutput (BertSelfOutput / BertOutput): quantizers on both inputs of the residual
-  add (the GEMM's output, "local", and the residual).
+  add (the GEMM's output, "local", and the residual) and on the LayerNorm's input (their sum).
 """
 
 from __future__ import annotations
@@ -27,17 +30,22 @@ class QuantLinear(nn.Linear):
     input_quantizer: QuantizerSpec
     weight_quantizer: QuantizerSpec
     output_quantizer: QuantizerSpec
+    aftergemm_quantizer: QuantizerSpec
     integer_inference: bool
 
     @classmethod
     def convert(cls, module: nn.Linear, *, input: QuantizerSpec = None,
                 weight: QuantizerSpec = None, output: QuantizerSpec = None,
+                aftergemm: QuantizerSpec = None,
                 integer_inference: bool = False) -> QuantLinear:
         if type(module) is not nn.Linear and not isinstance(module, QuantLinear):
             raise TypeError(f"cannot quantize {type(module).__name__}")
+        if aftergemm is not None and module.bias is None:
+            raise ValueError("an aftergemm quantizer sits between the GEMM and its bias "
+                             "(FT's LinearActivation has one only with a bias)")
         module.__class__ = cls
         for name, q in (("input_quantizer", input), ("weight_quantizer", weight),
-                        ("output_quantizer", output)):
+                        ("output_quantizer", output), ("aftergemm_quantizer", aftergemm)):
             if q is not None:
                 q.to(module.weight.device)
             setattr(module, name, q)
@@ -48,6 +56,7 @@ class QuantLinear(nn.Linear):
         iq, wq = self.input_quantizer, self.weight_quantizer
         return bool(self.integer_inference and not self.training and iq is not None
                     and wq is not None and iq.enabled and wq.enabled
+                    and self.aftergemm_quantizer is None
                     and iq.amax_mode != "dynamic")
 
     def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,10 @@ class QuantLinear(nn.Linear):
         w = self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        out = F.linear(x, w, self.bias)
+        if self.aftergemm_quantizer is not None:  # FT: bias_act(bias, aftergemm(x @ W^T))
+            out = self.aftergemm_quantizer(F.linear(x, w)) + self.bias
+        else:
+            out = F.linear(x, w, self.bias)
         if self.output_quantizer is not None:
             out = self.output_quantizer(out)
         return out
@@ -129,8 +141,8 @@ class QuantSelfAttention(BertSelfAttention):
         q = _maybe(self.matmul_q_input_quantizer, q)
         k = _maybe(self.matmul_k_input_quantizer, k)
         v = _maybe(self.matmul_v_input_quantizer, v)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling
-        scores = _maybe(self.softmax_input_quantizer, scores)
+        scores = torch.matmul(q, k.transpose(2, 3))  # FT: quantized raw, then scaled
+        scores = _maybe(self.softmax_input_quantizer, scores) * self.scaling
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = F.softmax(scores, dim=-1)
@@ -146,12 +158,13 @@ class QuantResidualOutput(nn.Module):
 
     add_local_input_quantizer: QuantizerSpec
     add_residual_input_quantizer: QuantizerSpec
+    layernorm_input_quantizer: QuantizerSpec
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.dense(hidden_states))
         h = _maybe(self.add_local_input_quantizer, h)
         r = _maybe(self.add_residual_input_quantizer, input_tensor)
-        return self.LayerNorm(h + r)
+        return self.LayerNorm(_maybe(self.layernorm_input_quantizer, h + r))
 
 
 class QuantBertSelfOutput(QuantResidualOutput, BertSelfOutput):
@@ -162,7 +175,8 @@ class QuantBertOutput(QuantResidualOutput, BertOutput):
     pass
 
 
-def convert_residual(module: nn.Module, local: QuantizerSpec, residual: QuantizerSpec):
+def convert_residual(module: nn.Module, local: QuantizerSpec, residual: QuantizerSpec,
+                     layernorm: QuantizerSpec = None):
     if type(module) is BertSelfOutput:
         module.__class__ = QuantBertSelfOutput
     elif type(module) is BertOutput:
@@ -172,6 +186,7 @@ def convert_residual(module: nn.Module, local: QuantizerSpec, residual: Quantize
     device = module.dense.weight.device
     module.add_local_input_quantizer = local.to(device) if local is not None else None
     module.add_residual_input_quantizer = residual.to(device) if residual is not None else None
+    module.layernorm_input_quantizer = layernorm.to(device) if layernorm is not None else None
     return module
 
 

@@ -3,21 +3,27 @@
 Q8BERT (`install_q8bert`): embeddings (word, position, token type), every encoder Linear
 (input EMA + weight max|W|, optionally the output), pooler and task head; narrow symmetric range.
 
-FasterTransformer quant modes (`install_ft`), per encoder layer:
+FasterTransformer quant modes (`install_ft`): FT's own rule, derived here from the same data.
+FT's modeling.py (examples/pytorch/bert/bert-quantization-sparsity) defines, per encoder layer,
+29 quantizers (`FT_LAYER_QUANTIZERS`) and one after the encoder; `quant_utils.set_args` gives
+each mode a list of keywords (`FT_DISABLED_KEYWORDS`), and `set_quantizer_by_name` disables
+every quantizer whose name `re.search`es one of them. What stays on, per layer:
 
 | quantizer                                                  | ft1 | ft2 | ft3 |
 |------------------------------------------------------------|-----|-----|-----|
 | input + weight of the 6 GEMMs (query, key, value,          |  x  |  x  |  x  |
 |   attention.output.dense, intermediate.dense, output.dense)|     |     |     |
 | weights per output channel (else per tensor)               |  x  |     |     |
-| attention matmul inputs: matmul_q/k/v (the Q/K/V GEMM      |     |  x  |  x  |
+| attention matmul inputs: matmul_q/k/v (the Q/K/V GEMM      |  x  |  x  |  x  |
 |   outputs) and matmul_a (the probabilities)                |     |     |     |
-| residual adds: add_local (attention.output / output GEMM   |     |  x  |  x  |
-|   outputs) and add_residual, in attention.output and output|     |     |     |
-| softmax input (scaled QK^T, before the mask)               |     |     |  x  |
+| aftergemm: each GEMM's output before its bias (6)          |     |  x  |  x  |
+| add_residual (the residual input of the 2 adds)            |     |  x  |  x  |
+| softmax input (raw QK^T, before the scale and the mask)    |     |     |  x  |
+| add_local, layernorm_input, encoder final_input            |     |     |     |
 
-ft2/ft3 fuse the Q/K/V amax (matmul_q/k/v inputs; per-tensor q/k/v weights): max of the three.
-Embeddings, pooler, head, LayerNorm and GELU stay FP in every mode.
+16 / 24 / 25 per layer. ft2/ft3 fuse the Q/K/V amax (FT's fuse_qkv: matmul_q/k/v inputs, the
+per-tensor q/k/v weights and their aftergemm): the max of the three. Embeddings, pooler, head,
+LayerNorm and GELU stay FP in every mode.
 
 Distillation for quantization (`install_distill_quant`): encoder Linear weights (dynamic: per
 tensor, channel or group of rows) and inputs (EMA per tensor, or dynamic per token).
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +45,7 @@ from quantlib.calibrators import MaxCalibrator, make_calibrator
 from quantlib.configs import DistillQuantConfig, PTQConfig, Q8BertConfig, QATConfig
 from quantlib.fake_quant import TensorQuantizer
 from quantlib.qmodules import (
+    ATTENTION_QUANTIZERS,
     QuantEmbedding,
     QuantLinear,
     QuantSelfAttention,
@@ -105,17 +113,83 @@ def weight_granularity(cfg: PTQConfig) -> str:
     return "channel" if cfg.quant_mode == "ft1" else "tensor"
 
 
+# FT modeling.py's quantizers, named as FT names them (relative to an encoder layer; the
+# encoder's own is "encoder.final_input_quantizer"). A GEMM is FT's LinearActivation with
+# do_quant=True and a bias: `_input_quantizer`, `_weight_quantizer`, `_aftergemm_quantizer`.
+FT_GEMMS = ("attention.self.query", "attention.self.key", "attention.self.value",
+            "attention.output.dense", "intermediate.dense", "output.dense")
+FT_LAYER_QUANTIZERS = (
+    *(f"{g}.{q}" for g in FT_GEMMS
+      for q in ("_input_quantizer", "_weight_quantizer", "_aftergemm_quantizer")),
+    *(f"attention.self.{q}" for q in ("matmul_q_input_quantizer", "matmul_k_input_quantizer",
+                                      "matmul_v_input_quantizer", "matmul_a_input_quantizer",
+                                      "softmax_input_quantizer")),
+    *(f"{block}.{q}" for block in ("attention.output", "output")
+      for q in ("add_local_input_quantizer", "add_residual_input_quantizer",
+                "layernorm_input_quantizer")),
+)
+FT_ENCODER_QUANTIZERS = ("encoder.final_input_quantizer",)
+# quant_utils.set_args: quant_disable_keyword per mode
+FT_DISABLED_KEYWORDS = {
+    "ft1": ("final_input", "layernorm_input", "softmax_input", "residual_input", "local_input",
+            "aftergemm"),
+    "ft2": ("final_input", "layernorm_input", "softmax_input", "local_input"),
+    "ft3": ("final_input", "layernorm_input", "local_input"),
+}
+
+
+def ft_enabled(mode: str) -> list[str]:
+    """FT's quantizers (FT's names) that `mode` leaves on: set_quantizer_by_name disables a
+    GEMM's input and weight quantizers when the keyword is found in the GEMM module's name, and
+    any other quantizer when it is found in the quantizer's own name."""
+    keywords = FT_DISABLED_KEYWORDS[mode]
+
+    def off(text: str) -> bool:
+        return any(re.search(k, text) for k in keywords)
+
+    on = []
+    for name in (*FT_LAYER_QUANTIZERS, *FT_ENCODER_QUANTIZERS):
+        module, _, attr = name.rpartition(".")
+        if attr in ("_input_quantizer", "_weight_quantizer"):
+            if not off(module):
+                on.append(name)
+        elif not off(name):
+            on.append(name)
+    return on
+
+
+def ft_attributes(mode: str) -> set[str]:
+    """The quantizer attributes (FT's names, e.g. "_aftergemm_quantizer") a mode turns on."""
+    return {name.rpartition(".")[2] for name in ft_enabled(mode)}
+
+
+# where install_ft places each of FT's quantizers
+_PLACED = {"_input_quantizer", "_weight_quantizer", "_aftergemm_quantizer",
+           "matmul_q_input_quantizer", "matmul_k_input_quantizer", "matmul_v_input_quantizer",
+           "matmul_a_input_quantizer", "softmax_input_quantizer", "add_local_input_quantizer",
+           "add_residual_input_quantizer", "layernorm_input_quantizer"}
+
+
 def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> dict[str, int]:
     """Insert the mode's quantizers (disabled, with calibrators attached); returns counts."""
     ste = cfg.ste if isinstance(cfg, QATConfig) else "clip"
     w_gran = weight_granularity(cfg)
+    on = ft_attributes(cfg.quant_mode)
+    unplaced = on - _PLACED
+    if unplaced:
+        raise ValueError(f"quant_mode {cfg.quant_mode} turns on {', '.join(sorted(unplaced))}, "
+                         "which quantsweep does not place")
 
-    def act_q() -> TensorQuantizer:
+    def act_q(attr: str) -> TensorQuantizer | None:
+        if attr not in on:
+            return None
         q = TensorQuantizer(cfg.nbits, narrow=cfg.narrow_range, ste=ste)
         q.calibrator = make_calibrator(cfg.calibrator, cfg.nbits, percentile=cfg.percentile)
         return q
 
-    def weight_q(lin: nn.Linear) -> TensorQuantizer:
+    def weight_q(lin: nn.Linear) -> TensorQuantizer | None:
+        if "_weight_quantizer" not in on:
+            return None
         shape = (lin.out_features, 1) if w_gran == "channel" else ()
         q = TensorQuantizer(cfg.nbits, granularity=w_gran, narrow=cfg.narrow_range, ste=ste,
                             amax_shape=shape)
@@ -123,34 +197,32 @@ def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> d
         return q
 
     linears = encoder_linears(model, patterns)
-    if cfg.quant_mode in ("ft2", "ft3") and not any(
-            type(m) is BertSelfAttention and matches(n, patterns)
-            for n, m in model.named_modules()):
-        raise ValueError(f"quant_mode {cfg.quant_mode} quantizes BERT's attention and residual "
-                         f"adds; {type(model).__name__} has no BertSelfAttention inside "
-                         "quantize_modules (ft1 works on any model's Linears)")
+    if not any(type(m) is BertSelfAttention and matches(n, patterns)
+               for n, m in model.named_modules()):
+        raise ValueError(f"quant_mode {cfg.quant_mode} quantizes BERT's attention matmuls "
+                         f"(FasterTransformer's modeling.py); {type(model).__name__} has no "
+                         "BertSelfAttention inside quantize_modules")
     for lin in linears.values():
-        QuantLinear.convert(lin, input=act_q(), weight=weight_q(lin))
-    if cfg.quant_mode in ("ft2", "ft3"):
-        model.set_attn_implementation("eager")  # the quantized attention adds a float mask
-        for name, m in list(model.named_modules()):
-            if not matches(name, patterns):
-                continue
-            if type(m) is BertSelfAttention:
-                qs = {k: act_q() for k in ("matmul_q_input_quantizer", "matmul_k_input_quantizer",
-                                           "matmul_v_input_quantizer",
-                                           "matmul_a_input_quantizer")}
-                if cfg.quant_mode == "ft3":
-                    qs["softmax_input_quantizer"] = act_q()
-                QuantSelfAttention.convert(m, qs)
-            elif type(m) in (BertSelfOutput, BertOutput):
-                convert_residual(m, act_q(), act_q())
+        QuantLinear.convert(lin, input=act_q("_input_quantizer"), weight=weight_q(lin),
+                            aftergemm=act_q("_aftergemm_quantizer") if lin.bias is not None
+                            else None)
+    model.set_attn_implementation("eager")  # the quantized attention adds a float mask
+    for name, m in list(model.named_modules()):
+        if not matches(name, patterns):
+            continue
+        if type(m) is BertSelfAttention:
+            QuantSelfAttention.convert(m, {k: act_q(k) for k in ATTENTION_QUANTIZERS})
+        elif type(m) in (BertSelfOutput, BertOutput):
+            convert_residual(m, act_q("add_local_input_quantizer"),
+                             act_q("add_residual_input_quantizer"),
+                             act_q("layernorm_input_quantizer"))
     return {"quantizers": len(quantizers(model))}
 
 
 def fuse_qkv(model: nn.Module) -> int:
-    """Q, K and V share one amax (the max of the three): the matmul inputs, and the weights
-    when they are per tensor. Returns how many triples were fused."""
+    """Q, K and V share one amax (the max of the three), as FT's quant_utils.fuse_qkv: the
+    matmul inputs, the weights when they are per tensor, and the GEMMs' aftergemm quantizers.
+    Returns how many triples were fused."""
     fused = 0
     with torch.no_grad():
         for m in model.modules():
@@ -160,9 +232,10 @@ def fuse_qkv(model: nn.Module) -> int:
             if isinstance(m, QuantSelfAttention) and m.matmul_q_input_quantizer is not None:
                 triples.append([m.matmul_q_input_quantizer, m.matmul_k_input_quantizer,
                                 m.matmul_v_input_quantizer])
-            weights = [getattr(lin, "weight_quantizer", None) for lin in (m.query, m.key, m.value)]
-            if all(q is not None and q.amax.dim() == 0 for q in weights):
-                triples.append(weights)
+            for attr in ("weight_quantizer", "aftergemm_quantizer"):
+                triple = [getattr(lin, attr, None) for lin in (m.query, m.key, m.value)]
+                if all(q is not None and q.amax.dim() == 0 for q in triple):
+                    triples.append(triple)
             for triple in triples:
                 amax = torch.stack([q.amax for q in triple]).max()
                 for q in triple:
@@ -194,7 +267,6 @@ def enable(qs: Iterable[TensorQuantizer]) -> None:
     for q in qs:
         q.enabled = True
         q.calibrating = False
-        q.observing = False
 
 
 def check_calibrated(qs: Iterable[TensorQuantizer]) -> None:
@@ -273,9 +345,9 @@ def load_calibration(model: nn.Module, model_dir: str, cfg: PTQConfig) -> str:
     qs = quantizers(model)
     names = {f"{n}.amax" for n in qs}
     missing = sorted(names - set(saved))
-    if missing:
-        raise RuntimeError(f"{model_dir}: calibrated checkpoint lacks {len(missing)} amax "
-                           f"(e.g. {missing[0]}) for quant_mode {cfg.quant_mode}")
+    if missing:  # e.g. made before quantsweep placed FT's aftergemm quantizers
+        return (f"calibrated here (the checkpoint's calibration lacks {len(missing)} of this "
+                f"plan's quantizers, e.g. {missing[0]})")
     with torch.no_grad():
         for n, q in qs.items():
             q.amax.copy_(saved[f"{n}.amax"].reshape(q.amax.shape))

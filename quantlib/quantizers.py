@@ -11,6 +11,14 @@ Level sets, b = nbits, s = max|W| (per tensor or per row):
         2**(b-2) magnitudes plus zero; nearest level in linear distance, ties away from zero,
         saturating at +-2**n1. b = 1 (undefined in the paper): sign(w) * 2**round(log2(mean|w|)),
         the power of two nearest (in log scale) to the L2-optimal binary scale.
+- scale rule (lin, p2; `inq_scale`): "max" takes the scale from s as above (the papers' rule);
+        "mse" chooses it, per tensor or row, to minimise sum (w - Q(w))^2: for lin, delta from a
+        grid of 64 clipping fractions of s (f * s / (2**(b-1)-1), f = 1/64 .. 1) refined by
+        alternating rounding and the least-squares delta = sum(w k) / sum(k^2) while the error
+        falls; for p2, the top exponent n1 among every integer from the max rule's n1 + 1 down
+        16 steps (b = 1: its exponent +-3), the levels below it as above. mean|w| (lin, 1 bit)
+        is already the least-squares binary scale. BERT's weights (std about 0.04, a few large
+        outliers) put almost every weight on 0 at 2-3 bits under the max rule; mse does not.
 - mb:   per row w ~ sum_i alpha_i * b_i, b_i in {-1, +1}^n, k = b terms (Xu et al. 2018):
         greedy init, then `cycles` alternations of least-squares alpha refit and exact nearest
         assignment among all 2**k level values.
@@ -23,6 +31,10 @@ from dataclasses import dataclass
 import torch
 
 EPS = 1e-12
+SCALE_RULES = ("max", "mse")
+LIN_GRID = 64  # clipping fractions of s tried by the lin mse rule
+LLOYD_STEPS = 20
+P2_BELOW = 16  # exponents below the max rule's n1 tried by the p2 mse rule
 
 
 def _rows(w: torch.Tensor) -> torch.Tensor:
@@ -67,10 +79,47 @@ def project_sorted(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.gather(levels, 1, idx).reshape(w.shape)
 
 
+def _sq_error(r: torch.Tensor, q: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """sum (r - q)^2 per row (rows, 1) or over the tensor (1, 1), in float64."""
+    e = (r.double() - q.double()).square()
+    return e.sum(dim=1, keepdim=True) if per_row else e.sum().reshape(1, 1)
+
+
+def _lin_round(r: torch.Tensor, delta: torch.Tensor, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(r / delta), -qmax, qmax)
+
+
+def lin_mse_delta(w: torch.Tensor, nbits: int, per_row: bool) -> torch.Tensor:
+    """The step delta (rows|1, 1) minimising sum (w - delta*k)^2, k = clamp(round(w/delta))."""
+    r = _rows(w).float()
+    qmax = 2 ** (nbits - 1) - 1
+    s = _abs_max(w, per_row).float().clamp_min(EPS)
+    best = s / qmax
+    best_err = _sq_error(r, _lin_round(r, best, qmax) * best, per_row)
+    for f in torch.arange(1, LIN_GRID, dtype=torch.float32) / LIN_GRID:
+        delta = s * f / qmax
+        err = _sq_error(r, _lin_round(r, delta, qmax) * delta, per_row)
+        better = err < best_err
+        best, best_err = torch.where(better, delta, best), torch.where(better, err, best_err)
+    for _ in range(LLOYD_STEPS):  # least-squares delta for the current integers, while it helps
+        k = _lin_round(r, best, qmax).double()
+        num = (r.double() * k).sum(dim=1, keepdim=True) if per_row else (r.double() * k).sum()
+        den = k.square().sum(dim=1, keepdim=True) if per_row else k.square().sum()
+        delta = torch.where(den > 0, num / den.clamp_min(1), best.double()).float()
+        delta = delta.reshape(best.shape).clamp_min(EPS)
+        err = _sq_error(r, _lin_round(r, delta, qmax) * delta, per_row)
+        better = err < best_err
+        if not bool(better.any()):
+            break
+        best, best_err = torch.where(better, delta, best), torch.where(better, err, best_err)
+    return best
+
+
 @dataclass
 class LinearQuantizer:
     nbits: int
     per_row: bool = False
+    scale_rule: str = "max"
     scale: torch.Tensor | None = None  # delta (b >= 2) or mean|w| (b = 1), (rows|1, 1)
 
     @property
@@ -78,8 +127,10 @@ class LinearQuantizer:
         return 2 ** (self.nbits - 1) - 1
 
     def fit(self, w: torch.Tensor) -> LinearQuantizer:
-        if self.nbits == 1:
+        if self.nbits == 1:  # mean|w| is also the least-squares binary scale
             self.scale = _abs_mean(w, self.per_row)
+        elif self.scale_rule == "mse":
+            self.scale = lin_mse_delta(w, self.nbits, self.per_row)
         else:
             self.scale = _abs_max(w, self.per_row) / self.qmax
         self.scale = self.scale.clamp_min(EPS)
@@ -94,6 +145,11 @@ class LinearQuantizer:
         else:
             q = torch.clamp(torch.round(r / scale), -self.qmax, self.qmax) * scale
         return q.reshape(w.shape)
+
+    def scale_bytes(self) -> int:
+        """Stored beside the codes: a float32 step (or mean|w|) per tensor or row."""
+        assert self.scale is not None
+        return 4 * self.scale.numel()
 
     def levels(self) -> torch.Tensor:
         assert self.scale is not None
@@ -117,26 +173,53 @@ class TableQuantizer:
         return self.table
 
 
+def p2_table(n1: torch.Tensor, nbits: int) -> torch.Tensor:
+    """The ascending power-of-two level set with top exponent n1 (rows|1, 1)."""
+    top = torch.exp2(n1)
+    if nbits == 1:
+        return torch.cat([-top, top], dim=1)
+    count = 2 ** (nbits - 2)  # magnitudes; n2 = n1 + 1 - count
+    exps = n1 - torch.arange(count - 1, -1, -1, dtype=n1.dtype)  # n2 .. n1
+    mags = torch.exp2(exps)  # (rows|1, count), ascending
+    return torch.cat([-mags.flip(1), torch.zeros_like(n1), mags], dim=1)
+
+
 @dataclass
 class Pow2Quantizer(TableQuantizer):
     nbits: int
     per_row: bool = False
+    scale_rule: str = "max"
     table: torch.Tensor | None = None  # ascending levels, (rows|1, L)
 
     def fit(self, w: torch.Tensor) -> Pow2Quantizer:
         if self.nbits == 1:
-            e = torch.round(torch.log2(_abs_mean(w, self.per_row).clamp_min(EPS)))
-            top = torch.exp2(e)
-            self.table = torch.cat([-top, top], dim=1)
-            return self
-        s = _abs_max(w, self.per_row).clamp_min(EPS)
-        n1 = torch.floor(torch.log2(4 * s / 3))
-        count = 2 ** (self.nbits - 2)  # magnitudes; n2 = n1 + 1 - count
-        exps = n1 - torch.arange(count - 1, -1, -1, dtype=s.dtype)  # n2 .. n1
-        mags = torch.exp2(exps)  # (rows|1, count), ascending
-        zero = torch.zeros_like(s)
-        self.table = torch.cat([-mags.flip(1), zero, mags], dim=1)
+            n1 = torch.round(torch.log2(_abs_mean(w, self.per_row).clamp_min(EPS)))
+            tries = range(3, -4, -1)
+        else:
+            n1 = torch.floor(torch.log2(4 * _abs_max(w, self.per_row).clamp_min(EPS) / 3))
+            tries = range(1, -P2_BELOW - 1, -1)
+        if self.scale_rule == "mse":
+            n1 = self._mse_exponent(w, n1, tries)
+        self.table = p2_table(n1, self.nbits)
         return self
+
+    def scale_bytes(self) -> int:
+        """Stored beside the codes: the top exponent n1, an int8, per tensor or row."""
+        assert self.table is not None
+        return self.table.shape[0]
+
+    def _mse_exponent(self, w: torch.Tensor, n1: torch.Tensor, tries: range) -> torch.Tensor:
+        r = _rows(w).float()
+        best, best_err = n1, None
+        for j in tries:
+            cand = n1 + j
+            err = _sq_error(r, project_sorted(r, p2_table(cand, self.nbits)), self.per_row)
+            if best_err is None:
+                best, best_err = cand, err
+                continue
+            better = err < best_err  # ties keep the larger exponent (tried first)
+            best, best_err = torch.where(better, cand, best), torch.where(better, err, best_err)
+        return best
 
 
 
@@ -193,18 +276,25 @@ class MultiBitQuantizer(TableQuantizer):
         self.table = (alphas @ patterns.T).sort(dim=1).values
         return self
 
+    def scale_bytes(self) -> int:
+        """Stored beside the b binary planes: b float32 alphas per row."""
+        assert self.table is not None
+        return 4 * self.table.shape[0] * self.nbits
+
 
 Quantizer = LinearQuantizer | Pow2Quantizer | MultiBitQuantizer
 
 
-def make_quantizer(mode: str, nbits: int, *, per_row: bool = False,
+def make_quantizer(mode: str, nbits: int, *, per_row: bool = False, scale_rule: str = "max",
                    cycles: int = 2) -> Quantizer:
     if not 1 <= nbits <= 8:
         raise ValueError(f"nbits {nbits} is outside 1..8")
+    if scale_rule not in SCALE_RULES:
+        raise ValueError(f"scale rule {scale_rule!r}: allowed {', '.join(SCALE_RULES)}")
     if mode == "lin":
-        return LinearQuantizer(nbits, per_row)
+        return LinearQuantizer(nbits, per_row, scale_rule)
     if mode == "p2":
-        return Pow2Quantizer(nbits, per_row)
+        return Pow2Quantizer(nbits, per_row, scale_rule)
     if mode == "mb":
         return MultiBitQuantizer(nbits, cycles)
     raise ValueError(f"unknown quantizer mode {mode!r}")

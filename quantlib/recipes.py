@@ -82,6 +82,9 @@ def inq(ctx: JobContext, cfg: INQConfig) -> StagedTrainer:
             summary["max_distinct_values"] > summary["level_limit"]):
         raise RuntimeError(f"INQ left the model not fully quantized: {summary}")
     ctx.info.update(summary)
+    ctx.codes.update(controller.codes())
+    if "scale_rule" in controller.qkw:  # lin, p2: the level sets' scale rule
+        ctx.info["inq_scale"] = controller.qkw["scale_rule"]
     return trainer
 
 
@@ -94,10 +97,11 @@ def q8bert(ctx: JobContext, cfg: Q8BertConfig) -> StagedTrainer:
     now, head = qplans.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
     epochs = _qat_stages(ctx, cfg.qat_epochs)
     switch = QuantStart(ctx.model, epochs, len(epochs) - 1, now,
-                        delayed=(cfg.head_start_step, head), observe_delayed=True)
+                        delayed=(cfg.head_start_step, head))
     trainer = train_stages(ctx, epochs, [switch])
     ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste,
-                    integer_inference=cfg.integer_inference)
+                    integer_inference=cfg.integer_inference,
+                    head_quantized=switch.head_quantized)
     return trainer
 
 
@@ -212,6 +216,8 @@ def sparse(ctx: JobContext, cfg: SparseConfig) -> StagedTrainer:
     if isinstance(cfg, Sparse24Config) and not all(is_24(w) for w in locked.values()):
         raise RuntimeError("a 2:4 weight lost its pattern during training")
     ctx.info["pruned_sparsity"] = sparsity_of(locked)
+    pattern = "2:4" if isinstance(cfg, Sparse24Config) else "unstructured"
+    ctx.sparse.update({n: pattern for n in locked})
     if cfg.qat:
         _ft_info(ctx, cfg)
         ctx.info.update(switch.record, ste=cfg.ste)
@@ -229,10 +235,11 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
     teacher = frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))
     distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
     callbacks: list = [lock]
+    switch = None
     if cfg.qat:
         now, head = qplans.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
-        callbacks.append(QuantStart(ctx.model, [cfg.epochs], 0, now,
-                                    delayed=(cfg.head_start_step, head), observe_delayed=True))
+        switch = QuantStart(ctx.model, [cfg.epochs], 0, now, delayed=(cfg.head_start_step, head))
+        callbacks.append(switch)
     best = BestEpoch(ctx, evaluate) if cfg.keep_best else None
     if best is not None:
         callbacks.append(best)
@@ -242,10 +249,13 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
         ctx.info.update(best.restore())
     if any(not bool((w[~lock.masks[n]] == 0).all()) for n, w in weights.items()):
         raise RuntimeError("a pruned weight became non-zero: the pattern lock failed")
+    ctx.sparse.update({n: "unstructured" for n in weights})
     ctx.info.update(kd_loss=distiller.name, pruned_sparsity=sparsity_of(weights),
                     sparsity_pattern="locked (checkpoint)")
-    if cfg.qat:
-        ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste)
+    if switch is not None:
+        ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste,
+                        integer_inference=cfg.integer_inference,
+                        head_quantized=switch.head_quantized)
     return trainer
 
 

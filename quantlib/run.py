@@ -32,7 +32,7 @@ def _on_term(signum, frame):  # noqa: ARG001
 
 
 def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
-    from quantlib import qplans
+    from quantlib import model_size, qplans, tracking
     from quantlib.configs import PTQConfig, build
     from quantlib.inq import select_weights
     from quantlib.recipes import recipe_for
@@ -40,12 +40,20 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
     from quantlib.trainer import evaluate, prepare
 
     args, method = build(config)
+    tracking.setup(args.report_to, out_dir, str(config.get("job_id") or out_dir.name),
+                   str(config.get("sweep") or "quantsweep"))
     ctx = prepare(args, method, out_dir)
+    ctx.run_name = config.get("job_id") or out_dir.name
     trainer = recipe_for(method)(ctx, method)
     results = evaluate(trainer, ctx)
+    if args.export == "onnx":
+        from quantlib import export_onnx
+
+        ctx.info.update(export_onnx.run(ctx, results))
     weights = select_weights(ctx.model, args.quantize_modules)
     if weights:  # zeros among the selected weights, whatever the method
         ctx.info["sparsity"] = sparsity_of(weights)
+    ctx.info.update(model_size.measure(ctx.model, ctx.codes, ctx.sparse))
     if args.save_model:
         trainer.save_model(str(out_dir / "model"))
         ctx.tokenizer.save_pretrained(str(out_dir / "model"))

@@ -48,6 +48,12 @@ class JobContext:
     needs_finetune: bool
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the results
     eval_examples: dict[str, Any] = field(default_factory=dict)  # SQuAD: split -> questions
+    # how weights are stored, for the model's size (quantlib.model_size): weights quantized
+    # outside their module (INQ: name -> Code) and weights kept sparse (name -> "2:4" or
+    # "unstructured")
+    codes: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None  # the job id: the training curves' run name (report_to)
+    sparse: dict[str, str] = field(default_factory=dict)
 
 
 def is_finetuned(config: Any, task: Task) -> bool:
@@ -192,7 +198,8 @@ def make_trainer(ctx: JobContext, stage_epochs: list[float],
         logging_steps=a.logging_steps,
         save_strategy="no",
         eval_strategy="no",
-        report_to="none",
+        report_to=a.report_to,
+        run_name=ctx.run_name,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

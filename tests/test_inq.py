@@ -8,6 +8,7 @@ from torch import nn
 
 from quantlib.configs import LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
 from quantlib.inq import INQController, Stage, select_weights, stage_starts, staged_lr_lambda
+from quantlib.quantizers import make_quantizer
 
 STEPS = (0.5, 0.75, 0.875, 1.0)
 
@@ -110,3 +111,18 @@ def test_lr_schedule_restarts_every_stage():
     assert f(199) == pytest.approx(1 / 180)
     assert f(200) == 0.0 and f(210) == pytest.approx(1.0)  # stage 2 warms up again
     assert f(300) == 0.0 and f(399) == pytest.approx(1 / 90)
+
+
+@pytest.mark.parametrize("cfg", [LinearINQConfig(nbits=2, inq_scale="mse"),
+                                 Pow2INQConfig(nbits=3, inq_scale="mse", granularity="row")])
+def test_inq_scale_mse_sets_the_levels_and_zeros_are_counted(cfg):
+    net, c = controller(cfg)
+    before = {n: p.detach().clone() for n, p in c.weights.items()}
+    c.freeze(1.0)  # one partition: every weight projected with the set fitted to it
+    for n, p in c.weights.items():
+        q = make_quantizer(cfg.mode, cfg.nbits, per_row=cfg.granularity == "row",
+                           scale_rule="mse").fit(before[n])
+        assert torch.equal(p.detach(), q.project(before[n]))
+    s = c.summary()
+    zeros = sum(int((p.detach() == 0).sum()) for p in c.weights.values())
+    assert s["zero_fraction"] == zeros / sum(p.numel() for p in c.weights.values())

@@ -86,10 +86,16 @@ def test_quantized_jobs_are_fully_quantized(sweep):
     root, _, _ = sweep
     for e in ledger(root).values():
         results = json.loads((Path(e["output_dir"]) / "eval_results.json").read_text())
+        assert results["compression_ratio"] == pytest.approx(
+            results["fp32_size_mb"] / results["model_size_mb"])
         if e["config"]["method"] in ("lin", "p2"):
             assert results["quantized_fraction"] == 1.0
             assert results["max_distinct_values"] <= results["level_limit"]
             assert results["finetune_ran"] is True  # random init: fine-tuned in FP32 first
+            assert results["inq_scale"] == "max" and 0 <= results["zero_fraction"] < 1
+            assert results["compression_ratio"] > 1.5  # the encoder's Linears at 8 bits
+        else:
+            assert results["compression_ratio"] == 1.0
 
 
 def test_finetuned_checkpoint_skips_finetuning(sweep):

@@ -91,10 +91,11 @@ def test_each_run_records_what_it_ran_with(sweep):
         if config["method"] == "ptq":
             assert results["calibrator"] == config["calibrator"]
             assert results["calib_batches"] == 4
-            assert results["qkv_fused"] == (0 if config["quant_mode"] == "ft1" else 4)
+            assert results["qkv_fused"] == (0 if config["quant_mode"] == "ft1" else 6)
             assert results["weight_granularity"] == ("channel" if config["quant_mode"] == "ft1"
                                                      else "tensor")
-            assert results["quantizers"] == {"ft1": 24, "ft2": 40, "ft3": 42}[
+            # FT's inventory: 16 / 24 / 25 per layer, 2 layers
+            assert results["quantizers"] == {"ft1": 32, "ft2": 48, "ft3": 50}[
                 config["quant_mode"]]
     assert {r["ste"] for r in seen["q8bert"]} == {"plain", "clip"}
     assert all(r["integer_inference"] is True for r in seen["q8bert"])

@@ -4,10 +4,12 @@ calibration reads weights without changing them."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from quantlib.configs import PTQConfig, Q8BertConfig
@@ -15,14 +17,50 @@ from quantlib.qmodules import quantizers
 from quantlib.qplans import calibrate, enable, fuse_qkv, install_ft, install_q8bert
 
 ENCODER = ("*encoder.layer.*",)
-GEMMS = ["attention.self.query", "attention.self.key", "attention.self.value",
-         "attention.output.dense", "intermediate.dense", "output.dense"]
-FT1 = sorted(f"{g}.{w}_quantizer" for g in GEMMS for w in ("input", "weight"))
-FT2 = sorted(FT1 + [f"attention.self.matmul_{x}_input_quantizer" for x in "qkva"]
-             + [f"{m}.add_{x}_input_quantizer" for m in ("attention.output", "output")
-                for x in ("local", "residual")])
-FT3 = sorted(FT2 + ["attention.self.softmax_input_quantizer"])
-DOCUMENTED = {"ft1": FT1, "ft2": FT2, "ft3": FT3}
+
+# FasterTransformer examples/pytorch/bert/bert-quantization-sparsity, written out here from its
+# files (not from quantlib): modeling.py's quantizer modules per encoder layer ...
+FT_GEMMS = ["attention.self.query", "attention.self.key", "attention.self.value",
+            "attention.output.dense", "intermediate.dense", "output.dense"]
+FT_LAYER = ([f"{g}._{q}_quantizer" for g in FT_GEMMS for q in ("input", "weight", "aftergemm")]
+            + [f"attention.self.{q}_quantizer" for q in ("matmul_q_input", "matmul_k_input",
+                                                         "matmul_v_input", "matmul_a_input",
+                                                         "softmax_input")]
+            + [f"{b}.{q}_quantizer" for b in ("attention.output", "output")
+               for q in ("add_local_input", "add_residual_input", "layernorm_input")])
+# ... and quant_utils.set_args' quant_disable_keyword lists
+FT_SET_ARGS = {
+    "ft1": ['final_input', 'layernorm_input', 'softmax_input', 'residual_input', 'local_input',
+            'aftergemm'],
+    "ft2": ['final_input', 'layernorm_input', 'softmax_input', 'local_input'],
+    "ft3": ['final_input', 'layernorm_input', 'local_input'],
+}
+
+
+def ft_on(mode: str, layer: int) -> list[str]:
+    """quant_utils.set_quantizer_by_name(model, keywords, _disabled=True) on FT's names."""
+    on = []
+    for rel in FT_LAYER:
+        name = f"bert.encoder.layer.{layer}.{rel}"
+        module, attr = name.rsplit(".", 1)
+        # a LinearActivation has _input_quantizer: matched by its own name, both input and
+        # weight quantizers go; otherwise a *_quantizer module is matched by its name
+        text = module if attr in ("_input_quantizer", "_weight_quantizer") else name
+        if not any(re.search(k, text) for k in FT_SET_ARGS[mode]):
+            on.append(rel.replace("._", "."))  # ours: input_quantizer for FT's _input_quantizer
+    return sorted(on)
+
+
+DOCUMENTED = {mode: ft_on(mode, 0) for mode in FT_SET_ARGS}
+
+
+def test_ft_inventory_counts_per_layer():
+    # the issue's figures: ft1 16 per layer (the 4 attention-matmul inputs on), ft2 24 (+ 6
+    # aftergemm, 2 add_residual), ft3 25 (+ softmax input); add_local off in all three
+    assert {m: len(v) for m, v in DOCUMENTED.items()} == {"ft1": 16, "ft2": 24, "ft3": 25}
+    assert not any("add_local" in n or "layernorm_input" in n for v in DOCUMENTED.values()
+                   for n in v)
+    assert "intermediate.dense.aftergemm_quantizer" in DOCUMENTED["ft2"]  # the GELU input
 
 
 @pytest.fixture
@@ -73,17 +111,65 @@ def test_ft_modes_quantize_exactly_the_documented_tensors(model, mode):
         if mode == "ft1" or not re.search(r"\.(query|key|value)\.", name):
             assert torch.equal(q.amax, expected), name
     if mode != "ft1":
-        assert fuse_qkv(model) == 4  # 2 layers x (matmul inputs, weights)
+        assert fuse_qkv(model) == 6  # 2 layers x (matmul inputs, weights, aftergemm)
         att = model.bert.encoder.layer[0].attention.self
-        triple = [att.matmul_q_input_quantizer, att.matmul_k_input_quantizer,
-                  att.matmul_v_input_quantizer]
-        assert len({float(q.amax) for q in triple}) == 1
+        for triple in ([att.matmul_q_input_quantizer, att.matmul_k_input_quantizer,
+                        att.matmul_v_input_quantizer],
+                       [lin.aftergemm_quantizer for lin in (att.query, att.key, att.value)]):
+            assert len({float(q.amax) for q in triple}) == 1
         assert float(att.query.weight_quantizer.amax) == max(
             float(lin.weight.detach().abs().max()) for lin in (att.query, att.key, att.value))
     enable(qs.values())
     quantized = model(**batch()).logits
     assert not torch.equal(quantized, reference)
     assert torch.allclose(quantized, reference, atol=0.1)  # 8 bits: close
+
+
+def fake_quant(x, amax, bits=8):
+    """pytorch-quantization's fake_tensor_quant, full range (FT: narrow_range False)."""
+    max_bound = 2 ** (bits - 1) - 1
+    scale = max_bound / amax
+    return torch.clamp(torch.round(x * scale), -max_bound - 1, max_bound) / scale
+
+
+def test_ft3_attention_computes_fts_modeling_forward(model):
+    """Layer 0's self-attention, quantized, against FT modeling.py's forward written out:
+    LinearActivation = bias + aftergemm(input_q(x) @ weight_q(W)^T); the softmax input
+    quantizer on the raw QK^T, then / sqrt(d), the mask, softmax."""
+    att = model.bert.encoder.layer[0].attention.self
+    with torch.no_grad():  # the random-init model attends almost uniformly: sharpen it
+        att.query.weight.mul_(8)
+        att.key.weight.mul_(8)
+    install_ft(model, PTQConfig(quant_mode="ft3", calibrator="max"), ENCODER)
+    calibrate(model, [batch(seed=s) for s in range(2)])
+    fuse_qkv(model)
+    enable(quantizers(model).values())
+    x = torch.randn(2, 7, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+
+    def gemm(lin):
+        y = F.linear(fake_quant(x, lin.input_quantizer.amax),
+                     fake_quant(lin.weight, lin.weight_quantizer.amax))
+        return fake_quant(y, lin.aftergemm_quantizer.amax) + lin.bias
+
+    heads, size = att.num_attention_heads, att.attention_head_size
+
+    def split(t):
+        return t.reshape(2, 7, heads, size).permute(0, 2, 1, 3)
+
+    q, k, v = split(gemm(att.query)), split(gemm(att.key)), split(gemm(att.value))
+    scores = torch.matmul(fake_quant(q, att.matmul_q_input_quantizer.amax),
+                          fake_quant(k, att.matmul_k_input_quantizer.amax).transpose(2, 3))
+    # an amax that clips the raw scores, so that where the quantizer sits (before or after the
+    # 1/sqrt(d) scale) shows
+    att.softmax_input_quantizer.amax.fill_(float(scores.detach().abs().max()) / 3)
+    scores = fake_quant(scores, att.softmax_input_quantizer.amax) / math.sqrt(size)
+    probs = F.softmax(scores, dim=-1)
+    context = torch.matmul(fake_quant(probs, att.matmul_a_input_quantizer.amax),
+                           fake_quant(v, att.matmul_v_input_quantizer.amax))
+    expected = context.permute(0, 2, 1, 3).reshape(2, 7, -1)
+    with torch.no_grad():
+        ours, _ = att(x)
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
 
 
 def test_q8bert_quantizes_embeddings_encoder_pooler_and_a_delayed_head(model):

@@ -151,3 +151,86 @@ def test_every_mode_and_width_is_finite_and_idempotent(mode, b):
 def test_rejects_bits_outside_range():
     with pytest.raises(ValueError, match="outside 1..8"):
         make_quantizer("lin", 9)
+
+
+# -- inq_scale: mse -----------------------------------------------------------------------
+def with_outliers(rows=24, cols=96, seed=0):
+    """Weights of std 0.04 with a few outliers 12x larger, as BERT-base's encoder Linears."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.04
+    idx = torch.randint(0, w.numel(), (6,), generator=g)
+    w.view(-1)[idx] *= 12
+    return w
+
+
+def sq_err(w, q):
+    return float((w.double() - q.double()).square().sum())
+
+
+@pytest.mark.parametrize("b", [2, 3, 4, 8])
+def test_linear_mse_scale_is_the_least_squares_step(b):
+    """Brute force over 20,000 steps (the uniform symmetric grid k*delta, |k| <= 2**(b-1)-1,
+    round to nearest, saturating): the chosen step is within 0.1 % of the best error, and
+    never worse than the max rule."""
+    w = with_outliers()
+    qmax = 2 ** (b - 1) - 1
+    deltas = torch.linspace(1e-4, 1.2, 20000, dtype=torch.float64) * float(w.abs().max()) / qmax
+    wd = w.double().flatten()
+    errs = [float((wd - torch.clamp(torch.round(wd / d), -qmax, qmax) * d).square().sum())
+            for d in deltas]
+    brute = min(errs)
+    mse = make_quantizer("lin", b, scale_rule="mse").fit(w)
+    paper = make_quantizer("lin", b).fit(w)
+    assert sq_err(w, mse.project(w)) <= brute * (1 + 1e-3)
+    assert sq_err(w, mse.project(w)) <= sq_err(w, paper.project(w))
+
+
+def test_linear_mse_per_row_fits_each_row():
+    w = with_outliers(rows=6)
+    per_row = make_quantizer("lin", 3, per_row=True, scale_rule="mse").fit(w)
+    for i in range(6):
+        alone = make_quantizer("lin", 3, scale_rule="mse").fit(w[i:i + 1])
+        assert torch.allclose(per_row.scale[i], alone.scale[0], rtol=1e-5)
+
+
+def pow2_levels(n1, b):
+    """The INQ paper's power-of-two set with top exponent n1, written out: {0, +-2^n2..2^n1},
+    n2 = n1 + 1 - 2**(b-2); b = 1: {+-2^n1}."""
+    if b == 1:
+        return [-(2.0 ** n1), 2.0 ** n1]
+    mags = [2.0 ** e for e in range(n1 + 1 - 2 ** (b - 2), n1 + 1)]
+    return sorted([-m for m in mags] + [0.0] + mags)
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 4, 6])
+def test_pow2_mse_exponent_is_the_best_of_all(b):
+    """Every top exponent from -30 to 5 tried by brute force (nearest level): the mse rule's
+    level set has the least squared error of all."""
+    w = with_outliers(seed=b)
+    wd = w.double().flatten()
+
+    def err(levels):
+        lv = torch.tensor(levels, dtype=torch.float64)
+        return float((wd - lv[(wd[:, None] - lv[None, :]).abs().argmin(dim=1)]).square().sum())
+
+    brute = min(err(pow2_levels(n1, b)) for n1 in range(-30, 6))
+    mse = make_quantizer("p2", b, scale_rule="mse").fit(w)
+    assert sq_err(w, mse.project(w)) == pytest.approx(brute, rel=1e-9)
+    assert mse.levels().flatten().tolist() in [pow2_levels(n1, b) for n1 in range(-30, 6)]
+
+
+@pytest.mark.parametrize("mode", ["lin", "p2"])
+def test_mse_scale_keeps_low_bit_bert_weights_off_zero(mode):
+    """The issue's case: max-rule scales put (almost) every BERT-like weight on 0 at 2 and 3
+    bits; the mse rule keeps most of them off it."""
+    w = with_outliers(rows=64, cols=256)
+    for b in (2, 3):
+        paper = make_quantizer(mode, b).fit(w).project(w)
+        mse = make_quantizer(mode, b, scale_rule="mse").fit(w).project(w)
+        assert float((paper == 0).float().mean()) > 0.9
+        assert float((mse == 0).float().mean()) < 0.6
+
+
+def test_unknown_scale_rule_is_refused():
+    with pytest.raises(ValueError, match="scale rule 'percentile'"):
+        make_quantizer("lin", 4, scale_rule="percentile")

@@ -1,0 +1,273 @@
+"""`export: onnx`: the 8-bit model as ONNX with QDQ nodes carrying the job's own scales, run with
+onnxruntime on the CPU: the dev set evaluated through it, and its latency against the FP32
+export of the same checkpoint, measured in one process.
+
+- Every quantizer that is on becomes QuantizeLinear / DequantizeLinear with scale amax / 127
+  (int8, zero point 0): calibrated and EMA amax as they are; a weight's dynamic amax (Q8BERT's
+  max|W|) computed once from the trained weight; per-channel weights per output channel. ONNX
+  int8 is [-128, 127]: a narrow-range quantizer ([-127, 127]) differs only for a value below
+  -amax, which rounds to -128 instead of -127. A dynamic activation quantizer (per token) has no
+  static scale: such a model is refused.
+- The FP32 export: the same module with every quantizer off. Both use eager attention.
+- Latency: batch 1 at the job's sequence length (`max_seq_length`, padded), the median of
+  `REPEATS` runs after `WARMUP`, onnxruntime's CPU provider with all graph optimizations (its
+  QDQ fusion turns DQ -> MatMul -> Q into integer kernels), the threads torch uses here.
+- A metric of the export further than `TOLERANCE` from the PyTorch one is said on the console
+  and recorded (`onnx_mismatch`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantlib import metrics
+from quantlib.fake_quant import TensorQuantizer, reduce_amax
+from quantlib.qmodules import QuantEmbedding, QuantLinear, quantizers
+
+WARMUP, REPEATS = 10, 50
+TOLERANCE = 0.01  # absolute, on the task's metrics (0-1)
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def check_installed() -> None:
+    missing = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ExportError(f"export onnx: {' and '.join(missing)} not installed in this job's "
+                          "environment (pip install 'quantsweep[export]')")
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs))).logits
+
+
+def _fix_scales(model: nn.Module) -> None:
+    """Give every enabled quantizer its export scale (amax / 127), before tracing."""
+    weight_of = {}
+    for module in model.modules():
+        if isinstance(module, (QuantLinear, QuantEmbedding)):
+            q = getattr(module, "weight_quantizer", None)
+            if q is not None:
+                weight_of[id(q)] = module.weight
+    for name, q in quantizers(model).items():
+        if not q.enabled:
+            continue
+        if q.nbits != 8:
+            raise ExportError(f"{name}: {q.nbits}-bit; ONNX QDQ export is for 8-bit models")
+        if q.amax_mode == "dynamic":
+            if id(q) not in weight_of:
+                raise ExportError(f"{name}: a dynamic activation quantizer has no static scale "
+                                  "to export")
+            amax = reduce_amax(weight_of[id(q)].detach(), q.granularity, q.groups)
+        else:
+            amax = q.amax.detach()
+        if q.granularity not in ("tensor", "channel"):
+            raise ExportError(f"{name}: {q.granularity} scales have no ONNX QDQ form here")
+        scale = amax.float().cpu().clamp_min(1e-12) / 127.0
+        q.export_scale = float(scale) if amax.numel() == 1 else scale.reshape(-1).clone()
+
+
+@contextmanager
+def _exportable(model: nn.Module, quantized: bool):
+    """A CPU copy in eval mode, eager attention, quantizers at their export scales (or all off
+    for the FP32 export), Q8BERT's integer path off (the QDQ graph is the integer path)."""
+    m = copy.deepcopy(model).cpu().eval()
+    if hasattr(m, "set_attn_implementation"):
+        m.set_attn_implementation("eager")
+    for module in m.modules():
+        if isinstance(module, QuantLinear):
+            module.integer_inference = False
+        if isinstance(module, TensorQuantizer):
+            module.calibrating = False
+            if not quantized:
+                module.enabled = False
+    if quantized:
+        _fix_scales(m)
+    yield m
+
+
+def _example(dataset: Any, tokenizer: Any, length: int, names: list[str]) -> dict[str, np.ndarray]:
+    """The first dev example padded to the sequence length, batch 1."""
+    row = dataset[0]
+    out = {}
+    for name in names:
+        values = list(row[name])[:length]
+        pad = tokenizer.pad_token_id if name == "input_ids" else 0
+        out[name] = np.array([values + [pad] * (length - len(values))], dtype=np.int64)
+    return out
+
+
+def export(model: nn.Module, path: Path, names: list[str], length: int, quantized: bool) -> None:
+    with _exportable(model, quantized) as m:
+        example = tuple(torch.ones(1, length, dtype=torch.long) for _ in names)
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes["logits"] = {0: "batch"}
+        tmp = path.with_name(f".{path.name}.tmp")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Logits(m, names), example, str(tmp), input_names=names,
+                              output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
+                              dynamo=False)
+        if quantized:
+            store_int8_weights(tmp)
+        os.replace(tmp, path)
+
+
+def store_int8_weights(path: Path) -> int:
+    """The exporter leaves each weight as a float initializer quantized at run time
+    (QuantizeLinear on a constant). Store it as the int8 tensor that QuantizeLinear would make
+    (round half to even, saturate to [-128, 127], ONNX's rule) feeding the DequantizeLinear:
+    the file holds int8 weights, as a deployed model does. Returns how many were rewritten."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+              for n in graph.node if n.op_type == "Constant" and n.attribute}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return consts.get(name)
+
+    done, drop = 0, []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
+            continue
+        w, scale = numpy_helper.to_array(inits[node.input[0]]), value(node.input[1])
+        zero = value(node.input[2]) if len(node.input) > 2 else np.zeros((), np.int8)
+        if scale is None or zero is None or zero.dtype != np.int8:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:  # per axis: broadcast along `axis`
+            shape = [1] * w.ndim
+            shape[axis] = scale.size
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        q = np.clip(np.rint(w / scale) + zero, -128, 127).astype(np.int8)
+        name = node.output[0]
+        graph.initializer.append(numpy_helper.from_array(q, name))
+        drop.append(node)
+        done += 1
+    for node in drop:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
+    return done
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def latency_ms(sess: Any, feed: dict[str, np.ndarray]) -> float:
+    for _ in range(WARMUP):
+        sess.run(None, feed)
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def evaluate(sess: Any, ctx: Any, names: list[str]) -> dict[str, float]:
+    """Every eval split through the ONNX model, with the metrics PyTorch's evaluation uses."""
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    out: dict[str, float] = {}
+    collate = DataCollatorWithPadding(ctx.tokenizer)
+    for split, ds in ctx.evals.items():
+        keep = [c for c in ds.column_names if c in names or c in ("label", "labels")]
+        loader = DataLoader(ds.select_columns(keep), batch_size=ctx.args.eval_batch_size,
+                            collate_fn=collate)
+        logits, labels = [], []
+        for batch in loader:
+            feed = {n: batch[n].numpy().astype(np.int64) for n in names}
+            logits.append(sess.run(["logits"], feed)[0])
+            labels.append(batch["labels"].numpy())
+        z, y = np.concatenate(logits), np.concatenate(labels)
+        preds = np.squeeze(z, axis=-1) if ctx.task.is_regression else np.argmax(z, axis=-1)
+        values = metrics.compute(ctx.task, preds, y)
+        suffix = "" if split == "validation" else "_" + split.removeprefix("validation_")
+        if suffix:
+            values = {k: v for k, v in values.items() if k == "accuracy"}
+        out.update({f"{k}{suffix}": float(v) for k, v in values.items()})
+    return out
+
+
+def compare(exported: dict[str, float], results: dict[str, float]
+            ) -> tuple[str | None, float, bool]:
+    """The metric that differs most between the export and PyTorch, by how much, and whether
+    that is beyond TOLERANCE (NaN on either side: not compared)."""
+    deltas = {k: v - results[k] for k, v in exported.items()
+              if isinstance(results.get(k), float) and not np.isnan(results[k])
+              and not np.isnan(v)}
+    if not deltas:
+        return None, 0.0, False
+    worst = max(deltas, key=lambda k: abs(deltas[k]))
+    return worst, abs(deltas[worst]), abs(deltas[worst]) > TOLERANCE
+
+
+def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
+    """Export, evaluate and time; returns what goes into the job's results."""
+    check_installed()
+    if not any(q.enabled for q in quantizers(ctx.model).values()):
+        raise ExportError("export onnx: the model has no quantizer on (nothing 8-bit to export)")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
+             if n in ctx.evals["validation"].column_names]
+    length = ctx.args.max_seq_length or ctx.task.max_seq_length
+    int8_path, fp32_path = ctx.out_dir / "model.onnx", ctx.out_dir / "model_fp32.onnx"
+    export(ctx.model, int8_path, names, length, quantized=True)
+    export(ctx.model, fp32_path, names, length, quantized=False)
+    int8, fp32 = session(int8_path), session(fp32_path)
+    feed = _example(ctx.evals["validation"], ctx.tokenizer, length, names)
+    int8_ms, fp32_ms = latency_ms(int8, feed), latency_ms(fp32, feed)
+    onnx_metrics = evaluate(int8, ctx, names)
+    info: dict[str, Any] = {f"onnx_eval_{k}": v for k, v in onnx_metrics.items()}
+    worst, delta, mismatch = compare(onnx_metrics, results)
+    info.update(onnx_latency_ms=int8_ms, onnx_fp32_latency_ms=fp32_ms,
+                onnx_speedup=fp32_ms / int8_ms if int8_ms > 0 else float("nan"),
+                onnx_size_mb=int8_path.stat().st_size / 1e6,
+                onnx_fp32_size_mb=fp32_path.stat().st_size / 1e6,
+                onnx_eval_max_delta=delta, onnx_mismatch=mismatch,
+                onnx_threads=torch.get_num_threads())
+    verdict = (f"MISMATCH: {worst} {onnx_metrics[worst]:.4f} exported vs "
+               f"{results[worst]:.4f} in PyTorch, beyond {TOLERANCE}" if mismatch
+               else f"metrics within {TOLERANCE} of PyTorch's (largest difference "
+                    f"{delta:.4f})")
+    print(f"quantlib.export: ONNX INT8 {verdict}; latency (batch 1, {length} tokens) "
+          f"{int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms: {info['onnx_speedup']:.2f}x",
+          flush=True)
+    return info

@@ -1,0 +1,125 @@
+"""export: onnx — an 8-bit job's model as ONNX QDQ with its own scales, evaluated with
+onnxruntime, timed against the FP32 export; what the spec may ask for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import sweep_cli, write_spec
+
+from jobs.ledger import Ledger
+from quantlib.configs import ConfigError, resolve
+from quantlib.export_onnx import TOLERANCE, compare
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+SPEC = """
+name: onnx
+grid:
+  task: [sst2]
+  method: [ptq, q8bert]
+base:
+  quant_mode: ft2
+  calibrator: max
+  head_start_step: 0
+  model_name_or_path: {model}
+  data_dir: {data}
+  max_seq_length: 32
+  batch_size: 32
+  learning_rate: 5.0e-4
+  finetune_epochs: 6
+  qat_epochs: 0.5
+  export: onnx
+  save_model: true
+"""
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory, tiny_model):
+    from quantlib.demo import write_glue_tsv
+
+    root = tmp_path_factory.mktemp("onnx")
+    data = write_glue_tsv(root / "SST-2", n_train=2000, n_dev=200)  # enough to learn the task
+    spec = write_spec(root, SPEC.format(model=tiny_model, data=data))
+    proc = sweep_cli("launch", str(spec), "--backend", "local", "--max-parallel", "2", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = {}
+    for e in Ledger(root / "runs/onnx").jobs.values():
+        d = root / "runs/onnx" / e["output_dir"]
+        out[e["config"]["method"]] = (d, json.loads((d / "eval_results.json").read_text()),
+                                      Path(root / "runs/onnx" / e["log"]).read_text())
+    return out
+
+
+def ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("method", ["ptq", "q8bert"])
+def test_the_export_keeps_the_metric_and_is_timed(jobs, method):
+    out, results, log = jobs[method]
+    assert abs(results["onnx_eval_accuracy"] - results["eval_accuracy"]) <= TOLERANCE
+    assert results["onnx_mismatch"] is False
+    assert results["onnx_latency_ms"] > 0 and results["onnx_fp32_latency_ms"] > 0
+    assert results["onnx_speedup"] == pytest.approx(
+        results["onnx_fp32_latency_ms"] / results["onnx_latency_ms"])
+    assert "quantlib.export: ONNX INT8 metrics within 0.01 of PyTorch's" in log
+    int8, fp32 = ops(out / "model.onnx"), ops(out / "model_fp32.onnx")
+    assert "QuantizeLinear" not in fp32 and "DequantizeLinear" not in fp32
+    # identical QDQ pairs (Q, K and V's inputs: one tensor, one scale) are merged by the
+    # exporter: at most one pair per quantizer that is on, and every quantized weight has one
+    assert 0 < int8.count("DequantizeLinear") <= results["quantizers_enabled"]
+    graph = onnx.load(str(out / "model.onnx")).graph
+    int8 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    stored = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"} & int8
+    # weights stored as int8 feeding their DequantizeLinear, no float copy left: ptq the 2
+    # layers' 6 GEMMs; q8bert + 3 embeddings, the pooler and the head
+    assert len(stored) == {"ptq": 12, "q8bert": 17}[method]
+    assert not any(".encoder." in i.name and i.name.endswith(("query.weight", "dense.weight"))
+                   for i in graph.initializer)  # the GEMMs' float weights are gone
+    assert results["onnx_size_mb"] < results["onnx_fp32_size_mb"]
+    assert results["eval_pred_classes"] == 2  # a model that learnt something
+
+
+def test_ptq_scales_are_the_jobs_own(jobs):
+    """The QDQ scales in the graph are the job's calibrated amax / 127 (its saved model's
+    buffers), nothing else."""
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    out, _, _ = jobs["ptq"]
+    amax = {k: v for f in (out / "model").glob("*.safetensors")
+            for k, v in load_file(str(f)).items() if k.endswith(".amax")}
+    assert len(amax) == 48  # ft2: 24 per layer
+    expected = {np.float32(float(a) / 127.0) for a in amax.values()}
+    graph = onnx.load(str(out / "model.onnx")).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    scales = {np.float32(consts[n.input[1]]) for n in graph.node
+              if n.op_type == "DequantizeLinear"}
+    assert scales == expected
+
+
+def test_compare_flags_a_mismatch():
+    assert compare({"accuracy": 0.80}, {"accuracy": 0.85}) == ("accuracy", pytest.approx(0.05),
+                                                               True)
+    assert compare({"accuracy": 0.845}, {"accuracy": 0.85})[2] is False
+    assert compare({"accuracy": float("nan")}, {"accuracy": 0.85}) == (None, 0.0, False)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"method": "lin", "nbits": 8}, "method 'lin' has no 8-bit QDQ form"),
+    ({"method": "q8bert", "nbits": 4}, "the export is 8-bit (int8 QDQ); nbits is 4"),
+    ({"method": "sparse24"}, "and sparse24, magnitude, pruneofa with qat: true"),
+    ({"method": "ptq", "task": "squad"}, "not squad"),
+])
+def test_what_may_be_exported(values, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve({"task": "sst2", "export": "onnx", **values})
+    resolve({"task": "sst2", "export": "onnx", "method": "sparse24", "qat": True})
