@@ -146,7 +146,7 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
     assert "HEAVY []" in proc.stdout
 
 
-SEED_STUDIES = {"inq_mrpc": 24, "demo": 18, "q8bert_glue": 9, "distill_quant_glue": 8,
+SEED_STUDIES = {"inq_mrpc": 24, "demo": 31, "q8bert_glue": 9, "distill_quant_glue": 8,
                 "ptq_qat_glue": 96, "ptq_squad_modes": 7, "pruneofa_glue": 16,
                 "distilbert_squad": 2, "sparse_glue": 24}
 
