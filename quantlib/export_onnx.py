@@ -12,8 +12,10 @@ export of the same checkpoint, measured in one process.
 - Latency: batch 1 at the job's sequence length (`max_seq_length`, padded), the median of
   `REPEATS` runs after `WARMUP`, onnxruntime's CPU provider with all graph optimizations (its
   QDQ fusion turns DQ -> MatMul -> Q into integer kernels), the threads torch uses here.
-- A metric of the export further than `TOLERANCE` from the PyTorch one is said on the console
-  and recorded (`onnx_mismatch`).
+- The dev set through the export: GLUE's metrics, or SQuAD's EM / F1 with the windows' start
+  and end logits decoded as PyTorch's evaluation decodes them. A metric further than 0.01 of
+  its range from the PyTorch one (0.01; 1 point for SQuAD) is said on the console and recorded
+  (`onnx_mismatch`).
 """
 
 from __future__ import annotations
@@ -52,12 +54,25 @@ def check_installed() -> None:
 
 
 class _Logits(nn.Module):
-    def __init__(self, model: nn.Module, names: list[str]):
-        super().__init__()
-        self.model, self.names = model, names
+    """The model's logits from positional inputs: a classifier's `logits`, a QA model's
+    `start_logits` and `end_logits`."""
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, inputs))).logits
+    def __init__(self, model: nn.Module, names: list[str], qa: bool):
+        super().__init__()
+        self.model, self.names, self.qa = model, names, qa
+
+    def forward(self, *inputs: torch.Tensor):
+        out = self.model(**dict(zip(self.names, inputs)))
+        return (out.start_logits, out.end_logits) if self.qa else out.logits
+
+
+def outputs(qa: bool) -> list[str]:
+    return ["start_logits", "end_logits"] if qa else ["logits"]
+
+
+def tolerance(task: Any) -> float:
+    """0.01 of the metric's range: 0.01 for GLUE's 0-1 metrics, 1 point for SQuAD's 0-100."""
+    return 1.0 if task.is_qa else TOLERANCE
 
 
 def _fix_scales(model: nn.Module) -> None:
@@ -116,19 +131,21 @@ def _example(dataset: Any, tokenizer: Any, length: int, names: list[str]) -> dic
     return out
 
 
-def export(model: nn.Module, path: Path, names: list[str], length: int, quantized: bool) -> None:
+def export(model: nn.Module, path: Path, names: list[str], length: int, quantized: bool,
+           qa: bool = False) -> None:
     with _exportable(model, quantized) as m:
         example = tuple(torch.ones(1, length, dtype=torch.long) for _ in names)
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
-        axes["logits"] = {0: "batch"}
+        for name in outputs(qa):
+            axes[name] = {0: "batch", 1: "sequence"} if qa else {0: "batch"}
         tmp = path.with_name(f".{path.name}.tmp")
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Logits(m, names), example, str(tmp), input_names=names,
-                              output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
-                              dynamo=False)
+            torch.onnx.export(_Logits(m, names, qa), example, str(tmp), input_names=names,
+                              output_names=outputs(qa), dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)
         if quantized:
             store_int8_weights(tmp)
         os.replace(tmp, path)
@@ -201,23 +218,56 @@ def latency_ms(sess: Any, feed: dict[str, np.ndarray]) -> float:
     return statistics.median(times)
 
 
-def evaluate(sess: Any, ctx: Any, names: list[str]) -> dict[str, float]:
-    """Every eval split through the ONNX model, with the metrics PyTorch's evaluation uses."""
+def _run_batches(sess: Any, ds: Any, ctx: Any, names: list[str], wanted: list[str],
+                 labels: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
+    keep = [c for c in ds.column_names if c in names or (labels and c in ("label", "labels"))]
+    loader = DataLoader(ds.select_columns(keep), batch_size=ctx.args.eval_batch_size,
+                        collate_fn=DataCollatorWithPadding(ctx.tokenizer))
+    got: list[list[np.ndarray]] = [[] for _ in wanted]
+    ys = []
+    for batch in loader:
+        feed = {n: batch[n].numpy().astype(np.int64) for n in names}
+        for i, arr in enumerate(sess.run(wanted, feed)):
+            got[i].append(arr)
+        if labels:
+            ys.append(batch["labels"].numpy())
+    return [_concat(g) for g in got], np.concatenate(ys) if labels else None
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    """Batches padded to their own longest sequence, joined: shorter ones padded with -100
+    along the sequence axis, as the Trainer's predict loop pads its predictions."""
+    if arrays[0].ndim < 2:
+        return np.concatenate(arrays)
+    width = max(a.shape[1] for a in arrays)
+    return np.concatenate([np.pad(a, [(0, 0), (0, width - a.shape[1])], constant_values=-100)
+                           for a in arrays])
+
+
+def _evaluate_qa(sess: Any, ctx: Any, names: list[str]) -> dict[str, float]:
+    """EM and F1 (0-100) of the export's answers, decoded as PyTorch's evaluation decodes."""
+    from quantlib import squad, squad_metrics
+
+    features = ctx.evals["validation"]
+    examples = ctx.eval_examples["validation"]
+    (start, end), _ = _run_batches(sess, features, ctx, names, outputs(True), labels=False)
+    a = ctx.args
+    answers = squad.decode(examples, features, start, end, a.n_best_size, a.max_answer_length)
+    return {k: float(v) for k, v in squad_metrics.evaluate(squad.references(examples),
+                                                           answers).items()
+            if k in ("exact_match", "f1")}
+
+
+def evaluate(sess: Any, ctx: Any, names: list[str]) -> dict[str, float]:
+    """Every eval split through the ONNX model, with the metrics PyTorch's evaluation uses."""
+    if ctx.task.is_qa:
+        return _evaluate_qa(sess, ctx, names)
     out: dict[str, float] = {}
-    collate = DataCollatorWithPadding(ctx.tokenizer)
     for split, ds in ctx.evals.items():
-        keep = [c for c in ds.column_names if c in names or c in ("label", "labels")]
-        loader = DataLoader(ds.select_columns(keep), batch_size=ctx.args.eval_batch_size,
-                            collate_fn=collate)
-        logits, labels = [], []
-        for batch in loader:
-            feed = {n: batch[n].numpy().astype(np.int64) for n in names}
-            logits.append(sess.run(["logits"], feed)[0])
-            labels.append(batch["labels"].numpy())
-        z, y = np.concatenate(logits), np.concatenate(labels)
+        (z,), y = _run_batches(sess, ds, ctx, names, ["logits"], labels=True)
         preds = np.squeeze(z, axis=-1) if ctx.task.is_regression else np.argmax(z, axis=-1)
         values = metrics.compute(ctx.task, preds, y)
         suffix = "" if split == "validation" else "_" + split.removeprefix("validation_")
@@ -227,17 +277,17 @@ def evaluate(sess: Any, ctx: Any, names: list[str]) -> dict[str, float]:
     return out
 
 
-def compare(exported: dict[str, float], results: dict[str, float]
+def compare(exported: dict[str, float], results: dict[str, float], limit: float = TOLERANCE
             ) -> tuple[str | None, float, bool]:
     """The metric that differs most between the export and PyTorch, by how much, and whether
-    that is beyond TOLERANCE (NaN on either side: not compared)."""
+    that is beyond `limit` (NaN on either side: not compared)."""
     deltas = {k: v - results[k] for k, v in exported.items()
               if isinstance(results.get(k), float) and not np.isnan(results[k])
               and not np.isnan(v)}
     if not deltas:
         return None, 0.0, False
     worst = max(deltas, key=lambda k: abs(deltas[k]))
-    return worst, abs(deltas[worst]), abs(deltas[worst]) > TOLERANCE
+    return worst, abs(deltas[worst]), abs(deltas[worst]) > limit
 
 
 def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
@@ -249,14 +299,16 @@ def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
              if n in ctx.evals["validation"].column_names]
     length = ctx.args.max_seq_length or ctx.task.max_seq_length
     int8_path, fp32_path = ctx.out_dir / "model.onnx", ctx.out_dir / "model_fp32.onnx"
-    export(ctx.model, int8_path, names, length, quantized=True)
-    export(ctx.model, fp32_path, names, length, quantized=False)
+    qa = ctx.task.is_qa
+    export(ctx.model, int8_path, names, length, quantized=True, qa=qa)
+    export(ctx.model, fp32_path, names, length, quantized=False, qa=qa)
     int8, fp32 = session(int8_path), session(fp32_path)
     feed = _example(ctx.evals["validation"], ctx.tokenizer, length, names)
     int8_ms, fp32_ms = latency_ms(int8, feed), latency_ms(fp32, feed)
     onnx_metrics = evaluate(int8, ctx, names)
     info: dict[str, Any] = {f"onnx_eval_{k}": v for k, v in onnx_metrics.items()}
-    worst, delta, mismatch = compare(onnx_metrics, results)
+    limit = tolerance(ctx.task)
+    worst, delta, mismatch = compare(onnx_metrics, results, limit)
     info.update(onnx_latency_ms=int8_ms, onnx_fp32_latency_ms=fp32_ms,
                 onnx_speedup=fp32_ms / int8_ms if int8_ms > 0 else float("nan"),
                 onnx_size_mb=int8_path.stat().st_size / 1e6,
@@ -264,8 +316,8 @@ def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
                 onnx_eval_max_delta=delta, onnx_mismatch=mismatch,
                 onnx_threads=torch.get_num_threads())
     verdict = (f"MISMATCH: {worst} {onnx_metrics[worst]:.4f} exported vs "
-               f"{results[worst]:.4f} in PyTorch, beyond {TOLERANCE}" if mismatch
-               else f"metrics within {TOLERANCE} of PyTorch's (largest difference "
+               f"{results[worst]:.4f} in PyTorch, beyond {limit:g}" if mismatch
+               else f"metrics within {limit:g} of PyTorch's (largest difference "
                     f"{delta:.4f})")
     print(f"quantlib.export: ONNX INT8 {verdict}; latency (batch 1, {length} tokens) "
           f"{int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms: {info['onnx_speedup']:.2f}x",
