@@ -34,6 +34,7 @@ DELTA_SCALE = {"start_type": "min", "start_color": "FFF8696B", "mid_type": "num"
                "mid_color": "FFFFFFFF", "end_type": "max", "end_color": "FF63BE7B"}
 METRICS = {m for _, m, _ in ROWS} | {f"{m}_mm" for _, m, _ in ROWS}
 PERCENT_TASKS = {"squad"}  # metrics on a 0-100 scale
+LINE_CHART_COLUMNS = 11  # columns the 18 cm line chart covers, and one more
 
 
 def _mark(cell: Any, collapsed: list[str]) -> None:
@@ -147,7 +148,9 @@ def _task_sheet(ws: Worksheet, summary: TaskSummary) -> None:
     col = len(header) + 2
     _chart(ws, summary, col)
     if summary.points:
-        _scatter(ws, summary, col + (len(summary.chart_bits) + 2 if summary.series else 0))
+        # right of the line chart's data and of the chart itself (18 cm: about 10 columns)
+        _scatter(ws, summary, col + (max(len(summary.chart_bits) + 2, LINE_CHART_COLUMNS)
+                                     if summary.series else 0))
 
 
 def _chart(ws: Worksheet, summary: TaskSummary, col: int) -> None:
