@@ -21,11 +21,13 @@ SPEC = """
 name: onnx
 grid:
   task: [sst2]
-  method: [ptq, q8bert]
+  method: [ptq, q8bert, sparse24]
 base:
   quant_mode: ft2
   calibrator: max
   head_start_step: 0
+  qat: true                # sparse24: 2:4 pruning, then QAT, pattern locked
+  sparse_epochs: 0.5
   model_name_or_path: {model}
   data_dir: {data}
   max_seq_length: 32
@@ -83,6 +85,20 @@ def test_the_export_keeps_the_metric_and_is_timed(jobs, method):
                    for i in graph.initializer)  # the GEMMs' float weights are gone
     assert results["onnx_size_mb"] < results["onnx_fp32_size_mb"]
     assert results["eval_pred_classes"] == 2  # a model that learnt something
+
+
+def test_sparse_24_with_qat_exports_and_is_the_smallest(jobs):
+    """2:4 + 8-bit QAT: the export keeps the accuracy; the size counts half the GEMM values at
+    8 bits plus their 2-bit indices, so it is below the dense 8-bit PTQ model's."""
+    _, results, log = jobs["sparse24"]
+    assert results["onnx_mismatch"] is False and "metrics within 0.01" in log
+    assert abs(results["onnx_eval_accuracy"] - results["eval_accuracy"]) <= TOLERANCE
+    ptq = jobs["ptq"][1]
+    # same quantizers (ft2), the same FP32 rest: the difference is the 12 GEMM weights'
+    # codes, 8 bits each dense, (8 + 2) / 2 bits each as 2:4 (2 layers: 4 x 64x64 + 2 x 64x128)
+    gemm = 2 * (4 * 64 * 64 + 2 * 64 * 128)
+    saved = gemm * (1 - 10 / 16) / 1e6
+    assert ptq["model_size_mb"] - results["model_size_mb"] == pytest.approx(saved, rel=1e-6)
 
 
 def test_ptq_scales_are_the_jobs_own(jobs):
