@@ -29,12 +29,38 @@ def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def line_chart_svg(summary: TaskSummary) -> str:
-    values = [v for s in summary.series for v in s.values if v is not None]
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+
+def _value_range(values: list[float]) -> tuple[float, float]:
+    """The y range: the values' with 8 % padding (a flat series gets some room)."""
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
-    lo, hi = lo - pad, hi + pad
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    return lo - pad, hi + pad
+
+
+def _frame(summary: TaskSummary, against: str, lo: float, hi: float) -> list[str]:
+    """The image, its title, the plot's frame and the y axis' grid and tick labels."""
+    label = escape(summary.chart_label or "")
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
+           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
+           f'{escape(summary.display)}: {label} vs {against}</text>',
+           f'<rect x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}" fill="none" '
+           f'stroke="#444"/>']
+    digits = 1 if hi - lo > 5 else 3
+    for t in _ticks(lo, hi):
+        ty = TOP + PLOT_H * (1 - (t - lo) / (hi - lo))
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                   f'stroke="#ddd"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end">{t:.{digits}f}</text>')
+    return out
+
+
+def line_chart_svg(summary: TaskSummary) -> str:
+    lo, hi = _value_range([v for s in summary.series for v in s.values if v is not None])
+    plot_w, plot_h = PLOT_W, PLOT_H
     n = len(summary.chart_bits)
 
     def x(i: int) -> float:
@@ -44,19 +70,7 @@ def line_chart_svg(summary: TaskSummary) -> str:
         return TOP + plot_h * (1 - (v - lo) / (hi - lo))
 
     label = escape(summary.chart_label or "")
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
-           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
-           f'{escape(summary.display)}: {label} vs bits</text>',
-           f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
-           f'stroke="#444"/>']
-    digits = 1 if hi - lo > 5 else 3
-    for t in _ticks(lo, hi):
-        ty = y(t)
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" '
-                   f'stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end">{t:.{digits}f}</text>')
+    out = _frame(summary, "bits", lo, hi)
     for i, bits in enumerate(summary.chart_bits):
         out.append(f'<text x="{x(i):.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">'
                    f'{bits}</text>')
@@ -108,10 +122,8 @@ def scatter_chart_svg(summary: TaskSummary) -> str:
     x_lo, x_hi = fx(min(xs)), fx(max(xs))
     x_pad = (x_hi - x_lo) * 0.08 or 0.1
     x_lo, x_hi = x_lo - x_pad, x_hi + x_pad
-    lo, hi = min(ys), max(ys)
-    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
-    lo, hi = lo - pad, hi + pad
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    lo, hi = _value_range(ys)
+    plot_w, plot_h = PLOT_W, PLOT_H
 
     def x(v: float) -> float:
         return LEFT + plot_w * (fx(v) - x_lo) / (x_hi - x_lo)
@@ -120,19 +132,7 @@ def scatter_chart_svg(summary: TaskSummary) -> str:
         return TOP + plot_h * (1 - (v - lo) / (hi - lo))
 
     label = escape(summary.chart_label or "")
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
-           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
-           f'{escape(summary.display)}: {label} vs model size</text>',
-           f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
-           f'stroke="#444"/>']
-    digits = 1 if hi - lo > 5 else 3
-    for t in _ticks(lo, hi):
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
-                   f'stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y(t) + 4:.1f}" text-anchor="end">'
-                   f'{t:.{digits}f}</text>')
+    out = _frame(summary, "model size", lo, hi)
     if log:
         ticks = [10 ** e for e in range(math.floor(x_lo), math.ceil(x_hi) + 1)]
         ticks = [t * m for t in ticks for m in (1, 2, 5) if x_lo <= math.log10(t * m) <= x_hi]

@@ -153,6 +153,17 @@ def _task_sheet(ws: Worksheet, summary: TaskSummary) -> None:
                                      if summary.series else 0))
 
 
+def _titled(chart: Any, summary: TaskSummary, against: str, x_title: str) -> Any:
+    """A chart of the task's metric: its title, both axes titled and shown, 18 x 10 cm."""
+    chart.title = f"{summary.display}: {summary.chart_label} vs {against}"
+    chart.x_axis.title = x_title
+    chart.y_axis.title = summary.chart_label
+    chart.x_axis.delete = False
+    chart.y_axis.delete = False
+    chart.width, chart.height = 18, 10
+    return chart
+
+
 def _chart(ws: Worksheet, summary: TaskSummary, col: int) -> None:
     """The chart's data beside the table (row: a method, columns: bit widths) and a native
     line chart of it: one series per method, the bit widths as categories."""
@@ -167,14 +178,8 @@ def _chart(ws: Worksheet, summary: TaskSummary, col: int) -> None:
             if value is not None:
                 ws.cell(row=i, column=col + j, value=value).number_format = "0.0000"
     last_row = len(summary.series) + 1
-    chart = LineChart()
-    chart.title = f"{summary.display}: {summary.chart_label} vs bits"
-    chart.x_axis.title = "bits"
-    chart.y_axis.title = summary.chart_label
-    chart.x_axis.delete = False
-    chart.y_axis.delete = False
+    chart = _titled(LineChart(), summary, "bits", "bits")
     chart.display_blanks = "gap"
-    chart.width, chart.height = 18, 10
     data = Reference(ws, min_col=col, max_col=col + len(summary.chart_bits), min_row=2,
                      max_row=last_row)
     chart.add_data(data, from_rows=True, titles_from_data=True)
@@ -210,13 +215,7 @@ def _scatter(ws: Worksheet, summary: TaskSummary, col: int) -> None:
             ws.cell(row=r, column=col + 4, value="yes" if p.on_front else "")
             r += 1
         ranges.append((name, start, r - 1))
-    chart = ScatterChart()
-    chart.title = f"{summary.display}: {summary.chart_label} vs model size"
-    chart.x_axis.title = "model size (MB)"
-    chart.y_axis.title = summary.chart_label
-    chart.x_axis.delete = False
-    chart.y_axis.delete = False
-    chart.width, chart.height = 18, 10
+    chart = _titled(ScatterChart(), summary, "model size", "model size (MB)")
     for name, first, last in ranges:
         xs = Reference(ws, min_col=col + 1, min_row=first, max_row=last)
         ys = Reference(ws, min_col=col + 2, min_row=first, max_row=last)
