@@ -73,6 +73,39 @@ def test_ddp_job_on_two_cpu_processes(tmp_path, tiny_model, demo_task):
     assert Path(status["code"]).is_dir()
 
 
+def _why(log: str, out: Path) -> str:
+    """What a failed DDP run said: its status reason, then the lines of its ranks' own errors
+    (rank 0's come first in the log, and the tail holds only the survivors' tracebacks)."""
+    try:
+        reason = json.loads((out / "status.json").read_text()).get("reason")
+    except (OSError, ValueError):
+        reason = None
+    lines = log.splitlines()
+    errors = [x for x in lines if "Error" in x or "quantlib.run:" in x or "[rank0]" in x]
+    return f"status reason: {reason}\n" + "\n".join(errors[:60]) + "\n...\n" + log[-1500:]
+
+
+def _reference_run(start) -> Path:
+    """An uninterrupted DDP run that another is compared with; its output folder. Gloo on
+    loopback has failed such a run once on the 2-core CI, stop 18 (a rank exited while the
+    other waited in an all_gather: "Connection closed by peer", the same transport flake as
+    pytorch's own gloo tests, e.g. pytorch/pytorch#53138, #53270); not reproduced here in 63 DDP
+    runs under CPU contention. The reference is run once more then, from a clean folder, with
+    the first failure's diagnostics as a warning; a second failure fails the test."""
+    import shutil
+    import warnings
+
+    proc, out = start()
+    log, _ = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        warnings.warn(f"DDP reference run failed once, rerun:\n{_why(log, out)}", stacklevel=2)
+        shutil.rmtree(out)
+        proc, out = start()
+        log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, _why(log, out)
+    return out
+
+
 def test_ddp_job_checkpoints_on_the_warning_and_resumes(tmp_path, tiny_model, demo_task):
     """gpus: 2 under a scheduler's warning: the signal reaches the job's process; every rank
     stops at the same step, rank 0 checkpoints, the job says REQUEUE; the rerun resumes and
@@ -103,17 +136,15 @@ def test_ddp_job_checkpoints_on_the_warning_and_resumes(tmp_path, tiny_model, de
             break
     rest, _ = proc.communicate(timeout=300)
     log = "".join(seen) + rest
-    assert proc.returncode == 75, log[-3000:]  # preemption.REQUEUE
+    assert proc.returncode == 75, _why(log, out)  # preemption.REQUEUE
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted" and status["checkpoint_step"] > 0, status
     assert "rank 1: preempted" in log  # the other rank stopped too, at the same step
     assert (out / "checkpoints" / f"checkpoint-{status['checkpoint_step']}").is_dir()
     again, _ = start("cut")
     again_log, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, again_log[-3000:]
-    plain, plain_out = start("plain")
-    plain_log, _ = plain.communicate(timeout=300)
-    assert plain.returncode == 0, plain_log[-3000:]
+    assert again.returncode == 0, _why(again_log, out)
+    plain_out = _reference_run(lambda: start("plain"))
     resumed = json.loads((out / "eval_results.json").read_text())
     uninterrupted = json.loads((plain_out / "eval_results.json").read_text())
     assert resumed["resumed_from_step"] == status["checkpoint_step"]
