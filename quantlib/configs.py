@@ -64,7 +64,8 @@ class TrainArgs:
     weight_decay: float = param(0.01, "float", "AdamW weight decay", lo=0.0)
     warmup_ratio: float = param(0.1, "float", "warmup share of each stage", lo=0.0, hi=1.0)
     max_grad_norm: float = param(1.0, "float", "gradient clipping (0 = off)", lo=0.0)
-    seed: int = param(42, "int", "random seed")
+    seed: int = param(42, "int", "random seed (numpy's range: 0 to 2**32 - 1)", lo=0,
+                      hi=2**32 - 1)
     finetune: str = param("auto", "str",
                           "FP32 fine-tuning before compression: auto = only when the checkpoint "
                           "is not fine-tuned on the task", choices=("auto", "always", "never"))

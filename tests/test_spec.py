@@ -42,6 +42,10 @@ def error_of(tmp_path, text: str) -> str:
      "duplicate job"),
     (GOOD.replace("[lin, p2]", "[lin, fp32]"), "grid", "ignores nbits"),
     (GOOD + "base: {learning_rate: fast}\n", "base.learning_rate", "not a number"),
+    # set_seed (random, numpy, torch) takes 0..2**32-1; a job with another seed would fail
+    (GOOD.replace("nbits: 1..3", "nbits: 1..3\n  seed: [1, -1]"), "grid.seed",
+     "-1 is outside 0..4294967295"),
+    (GOOD + "base: {seed: 4294967296}\n", "base.seed", "4294967296 is outside 0..4294967295"),
     (GOOD + "base: {inq_steps: [0.5, 0.9]}\n", "base.inq_steps", "end at 1.0"),
     (GOOD + "base: {finetune: maybe}\n", "base.finetune", "allowed: auto, always, never"),
     (GOOD + "exclude:\n  - {nbits: 7}\n", "exclude[0]", "matches no job"),

@@ -29,13 +29,27 @@ def cli(cwd, *args, umask=0o022):
                           preexec_fn=lambda: os.umask(umask))
 
 
-@pytest.fixture
-def sweep(tmp_path, tiny_model, demo_task):
-    spec = write_spec(tmp_path, SPEC.format(model=tiny_model, data=demo_task))
-    proc = cli(tmp_path, "launch", str(spec))
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, tiny_model, demo_task) -> Path:
+    """The sweep launched once (two jobs run); each test gets its own copy of it."""
+    where = tmp_path_factory.mktemp("launched")
+    spec = write_spec(where, SPEC.format(model=tiny_model, data=demo_task))
+    proc = cli(where, "launch", str(spec))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return where
+
+
+@pytest.fixture
+def sweep(tmp_path, launched):
+    """A copy of the launched sweep (its spec and runs/): paths inside a sweep are relative to
+    it, which test_a_sweep_moved_or_copied_is_itself checks on such a copy."""
+    import shutil
+
+    shutil.copytree(launched, tmp_path, dirs_exist_ok=True)
+    spec = tmp_path / "spec.yaml"
     ledger = Ledger(tmp_path / "runs/files").data["jobs"]
     dirs = {e["config"]["seed"]: Path(e["output_dir"]) for e in ledger.values()}
+    assert all(tmp_path in d.parents for d in dirs.values())  # the copy's own jobs
     return tmp_path, spec, dirs
 
 
