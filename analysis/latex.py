@@ -5,7 +5,9 @@ compressed model's size. The best value of each column is bold (highest metric a
 size); a cell significantly below FP32 (Welch's t-test, p < 0.05, at least 2 runs) carries a
 star, a run equal to a single-class baseline a dagger. Rendered by pandas' Styler.to_latex
 (hrules: booktabs' \\toprule, \\midrule, \\bottomrule). Every string that comes from a sweep
-(method titles, hence spec values) is escaped; control characters are dropped.
+(method titles, hence spec values) is escaped; control characters are dropped. Brackets are
+braced ({[}): a row whose first cell starts with `[` follows the previous row's `\\\\` and
+would be read as its optional argument (`\\\\[1em]`); so is a `*` (`\\\\*`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from analysis.summary import TaskSummary, drop_note, format_extra
 
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-           "^": r"\textasciicircum{}"}
+           "^": r"\textasciicircum{}", "[": "{[}", "]": "{]}", "*": "{*}"}
 UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$", "†": r"$^{\dagger}$",
            "−": "-"}
 
@@ -31,7 +33,7 @@ def escape(text: str) -> str:
 
 
 def _num(value: float, digits: int) -> str:
-    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value) if not math.isfinite(value) else f"{value:.{digits}f}"  # nan, inf
 
 
 def _table(summary: TaskSummary):
@@ -67,7 +69,7 @@ def _table(summary: TaskSummary):
                 text += r"$^{*}$"
             delta = "" if stat.delta is None else f"{stat.delta:+.{digits}f}"
             cells += [text, delta]
-            ranks += [None if math.isnan(stat.mean) else stat.mean,
+            ranks += [None if not math.isfinite(stat.mean) else stat.mean,
                       None if stat.delta is None or row.method == "fp32" else stat.delta]
         for k in extras:
             value = row.extras.get(k)
@@ -92,7 +94,7 @@ def _table(summary: TaskSummary):
     if summary.baseline:
         caption += f" $\\Delta$ FP32: against {escape(summary.baseline)}."
     if summary.any_dropped:
-        caption += " " + escape(drop_note()).replace("*", "$^{*}$", 1) + "."
+        caption += " " + escape(drop_note()).replace("{*}", "$^{*}$", 1) + "."
     if any(s.collapsed for r in summary.rows for s in r.stats.values()):
         caption += r" $^{\dagger}$ a run equals a single-class baseline."
     if summary.seeds_note:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import UserError
 from quantlib.configs import METHODS
+from quantlib.errors import UserError
 from quantlib.tasks import TASKS
 
 SEED_PATTERN = "{task}_{method}quant{nbits}bit"

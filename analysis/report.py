@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 
 from analysis.baselines import collapse_reason
-from analysis.measurements import EXTRAS, Block, sheet_rows
+from analysis.blocks import EXTRAS, Block, sheet_rows
 from analysis.results import Collection
 from analysis.summary import (
     DROP_MARK,

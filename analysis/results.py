@@ -4,31 +4,62 @@ Our own jobs leave config.json, status.json and eval_results.json (and sit in a 
 ledger); directories other tools wrote are read through analysis.formats, their task / method /
 nbits taken from the directory name (analysis.naming). Unreadable or partial files are reported
 (file and reason) and skipped; nothing stops the collection.
+
+A tree is read as someone else wrote it (analysis.safe_read): only regular files of bounded size
+that lie inside the collected directories once links are resolved; a ledger's paths (a job's
+output_dir and log, the spec) only inside its sweep directory; ledger entries and file values of
+shapes that are not ours are reported, never trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.formats import MM_SUFFIX, BadFile, read_foreign, result_files, split_eval
+from analysis.formats import (
+    MM_SUFFIX,
+    BadFile,
+    candidate,
+    named_result,
+    result_files,
+    split_eval,
+)
 from analysis.naming import SEED_PATTERN, Pattern, compile_pattern, task_name
-from analysis.safe_text import text
-from jobs.errors import UserError
-from jobs.ledger import entry_path
-from quantlib.outputs import CONFIG, EVAL_JSON, STATUS
+from analysis.safe_read import CUT, MAX_DEPTH, Refused, Tree, loads
+from analysis.safe_text import terminal, text
+from quantlib.configs import identity_key
+from quantlib.errors import UserError
+from quantlib.jobdir import (
+    CONFIG,
+    EVAL_JSON,
+    LEDGER,
+    MAX_READ_BYTES,
+    RUN_KEYS,
+    STAGE_KEYS,
+    STATUS,
+    completed,
+    entry_path,
+    valid_id,
+)
 
-LEDGER = "ledger.json"
 SKIP_DIRS = {"checkpoints", "model", "logs", "scripts", "configs", "snapshots", "submitit",
              "__pycache__"}
-# bookkeeping, not config
-RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node", "max_requeues")
-STAGE_KEYS = ("stage", "after")  # bookkeeping of staged sweeps: kept only where set
 OURS = "quantsweep"
+OUR_FILES = {LEDGER, CONFIG, STATUS, EVAL_JSON}
+UNSIZED = 1 << 62  # no size limit: the type and the place are checked
+
+State = tuple[str, "str | None"]  # (state, reason), as `sweep status` shows a job
+# The scheduler's view, handed in by the caller (the CLI: jobs.running.sweep_states): a sweep
+# directory and which of its ledger's entries may be asked about -> their resolved states.
+# Without it collect reads states from the job directories alone.
+SweepStates = Callable[[Path, Callable[[str, dict[str, Any]], bool]], dict[str, State]]
 
 
 @dataclass
@@ -69,56 +100,120 @@ class Collection:
     runs: list[Run]
     sweeps: list[Sweep]
     problems: list[tuple[str, str]]  # (file, why it was skipped)
+    # real paths of every file collect read or tried to, and of every job directory it found:
+    # `-o` may name none of them (analysis.collect)
+    inputs: set[str] = field(default_factory=set)
+    job_dirs: set[str] = field(default_factory=set)
+
+
+def _word(value: Any) -> str | None:
+    """A state as a file or ledger records it: a non-empty string, else nothing."""
+    return value if isinstance(value, str) and value else None
+
+
+def _why(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A value from a ledger for a one-line report: a path of a megabyte is cut."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class _Reader:
-    def __init__(self, patterns: list[Pattern]) -> None:
+    def __init__(self, patterns: list[Pattern], tree: Tree,
+                 sweep_states: SweepStates | None = None) -> None:
         self.patterns = patterns
+        self.tree = tree
+        self.sweep_states = sweep_states
         self.problems: list[tuple[str, str]] = []
+        self._reported: set[tuple[str, str]] = set()
 
-    def warn(self, path: Path, reason: str) -> None:
-        self.problems.append((str(path), reason))
-        print(f"sweep collect: skipped {path}: {reason}", file=sys.stderr)
+    def warn(self, path: Path | str, reason: str) -> None:
+        """A file skipped (or a part of it left out), once, on the console escaped: names and
+        reasons come from the tree and may hold terminal escapes."""
+        key = (str(path), str(reason))
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self.problems.append(key)
+        print(f"sweep collect: skipped {terminal(key[0])}: {terminal(key[1])}", file=sys.stderr)
+
+    def usable(self, here: Path, names: list[str]) -> set[str]:
+        """The directory's file names less those that may be results but are refused (a link
+        out of the tree, a FIFO, a device, a huge file): reported, never opened."""
+        out = set(names)
+        wanted = [n for n in names if n in OUR_FILES or candidate(n)]
+        if wanted == [CONFIG]:
+            return out  # a model's config.json alone is never read (often a link to a cache)
+        for name in wanted:
+            # a sniffed file (a log) may be large: result_files reads only its head then
+            sized = name in OUR_FILES or named_result(name)
+            why = self.tree.refusal(here / name, MAX_READ_BYTES if sized else UNSIZED)
+            if why:
+                self.warn(here / name, why)
+                out.discard(name)
+        return out
 
     def read(self, path: Path) -> dict[str, Any] | None:
         """A JSON object, or None if absent; unreadable files are reported and skipped."""
         try:
-            text = path.read_text(encoding="utf-8")
+            data, cut = loads(self.tree.read_bytes(path))
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            self.warn(path, getattr(exc, "strerror", None) or str(exc))
+        except Refused as exc:
+            self.warn(path, str(exc))
             return None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            self.warn(path, f"not valid JSON ({exc})")
+        except OSError as exc:
+            self.warn(path, exc.strerror or str(exc))
             return None
         if not isinstance(data, dict):
             self.warn(path, "not a JSON object")
             return None
+        if cut:
+            self.warn(path, f"values nested more than {MAX_DEPTH} deep: left out (the rest read)")
         return data
+
+    def is_ours(self, here: Path, names: set[str]) -> bool:
+        """A quantsweep job wrote its status here, or its results beside its own config (a bare
+        config.json may be a model's; an HF Trainer output also holds eval_results.json)."""
+        if STATUS in names:
+            return True
+        if EVAL_JSON not in names or CONFIG not in names:
+            return False
+        try:
+            config, _ = loads(self.tree.read_bytes(here / CONFIG))
+        except (Refused, OSError):
+            return False
+        return isinstance(config, dict) and "method" in config and "task" in config
 
     def ours(self, out_dir: Path, ledger_entry: dict[str, Any] | None = None,
              resolved: tuple[str, str | None] | None = None) -> Run:
         """One of our jobs. resolved: its (state, reason) as `sweep status` resolves it (files,
         ledger and scheduler): collect states what status states."""
         ledger_entry = ledger_entry or {}
-        config = self.read(out_dir / CONFIG) or dict(ledger_entry.get("config") or {})
+        recorded_config = ledger_entry.get("config")
+        config = self.read(out_dir / CONFIG) or (
+            dict(recorded_config) if isinstance(recorded_config, dict) else {})
         status = self.read(out_dir / STATUS) or {}
         results = self.read(out_dir / EVAL_JSON)
-        # files are the truth (jobs.state's rule): the ledger's "completed" without the job's
-        # own marker is a job whose files are gone, not a result
-        recorded = ledger_entry.get("state")
-        state = status.get("state") or (recorded if recorded != "completed" else None) \
+        # files are the truth (quantlib.jobdir.completed): the ledger's "completed" without the
+        # job's own marker is a job whose files are gone, not a result
+        done = completed(status, results)
+        recorded = _word(ledger_entry.get("state"))
+        state = _word(status.get("state")) or (recorded if recorded != "completed" else None) \
             or "missing"
-        if state == "completed" and results is None:
+        if state == "completed" and not done:
             state, reason = "failed", f"{EVAL_JSON} is missing or unreadable"
         else:
-            reason = status.get("reason") or ledger_entry.get("reason")
-        if resolved is not None and not (state == "completed" and results is not None):
-            state, reason = resolved
-        metrics, info = split_eval(results or {})
+            reason = _why(status.get("reason")) or _why(ledger_entry.get("reason"))
+        if resolved is not None and not done:
+            state, reason = _word(resolved[0]) or "missing", _why(resolved[1])
+        notes: list[str] = []
+        metrics, info = split_eval(results or {}, notes)
+        for note in notes:
+            self.warn(out_dir / EVAL_JSON, note)
         config = {k: v for k, v in config.items() if k not in RUN_KEYS
                   and not (k in STAGE_KEYS and v is None)}  # no stage: no bookkeeping
         return Run(out_dir, config, state,
@@ -127,7 +222,7 @@ class _Reader:
 
     def foreign(self, here: Path, names: list[str]) -> Run | None:
         """A directory another tool wrote results into, or None when it holds none."""
-        files = result_files(here, names)
+        files = result_files(here, names, self.tree)
         if not files:
             return None
         metrics: dict[str, float] = {}
@@ -135,15 +230,18 @@ class _Reader:
         sources: list[str] = []
         bad: list[str] = []
         for fmt, path in files:
+            notes: list[str] = []
             try:
-                found, extra = read_foreign(fmt, path)
+                found, extra = fmt.read(path, self.tree, notes)
             except BadFile as exc:
                 self.warn(path, str(exc))
                 bad.append(f"{path.name}: {exc}")
                 continue
+            for note in notes:
+                self.warn(path, note)
             metrics.update(found)
             info.update(extra)
-            sources.append(fmt)
+            sources.append(fmt.label)
         config = self._config_from_name(here, info, metrics, names)
         state, reason = ("completed", None) if metrics else (
             "failed", "; ".join(bad) or "no readable results")
@@ -176,19 +274,93 @@ class _Reader:
         info.pop("task_name", None)
         return config
 
+    def sweep(self, here: Path, runs: dict[str, Run], sweeps: dict[str, Sweep],
+              read_dirs: set[str]) -> None:
+        """The jobs a sweep's ledger lists, read from their directories (inside the sweep
+        directory only; entries of other shapes reported and left out)."""
+        ledger = self.read(here / LEDGER)
+        if not ledger or not isinstance(ledger.get("jobs"), dict):
+            return  # another tool's ledger.json: not ours to judge
+        name = _word(ledger.get("sweep")) or here.name
+        sweeps.setdefault(name, Sweep(name, _why(ledger.get("spec")) or "",
+                                      self._spec_text(here, ledger)))
+        entries: dict[str, tuple[dict[str, Any], Path]] = {}
+        for jid, entry in ledger["jobs"].items():
+            out = self._entry_dir(here, str(jid), entry)
+            if out is not None:
+                entries[str(jid)] = (entry, out)
+        resolved = self._sweep_states(here, set(entries))
+        for jid, (entry, out) in entries.items():
+            read_dirs.add(os.path.abspath(out))
+            key = self.tree.real(out)[0]  # os.path.realpath, its parent's resolution cached
+            if key not in runs:
+                run = self.ours(out, entry, resolved.get(jid))
+                run.job_id = run.job_id or jid
+                run.sweep = run.sweep or name
+                runs[key] = run
 
-def _is_ours(here: Path, names: set[str]) -> bool:
-    """A quantsweep job wrote its status here, or its results beside its own config (a bare
-    config.json may be a model's; an HF Trainer output also holds eval_results.json)."""
-    if STATUS in names:
-        return True
-    if EVAL_JSON not in names or CONFIG not in names:
-        return False
-    try:
-        config = json.loads((here / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and "method" in config and "task" in config
+    def _sweep_states(self, sweep_dir: Path, accepted: set[str]) -> dict[str, State]:
+        """Every accepted job's (state, reason) from the caller's `sweep_states` (one scheduler
+        call per backend); {} without one, or for a ledger that is not one of ours in good
+        order (its runs are then read from their own files). Only entries collect accepted, in
+        plain shape, are asked about: the state rule reads the files an entry names."""
+        if self.sweep_states is None:
+            return {}
+
+        def plain(jid: str, entry: dict[str, Any]) -> bool:
+            return jid in accepted and _plain_entry(entry, sweep_dir, self.tree)
+
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # collect reports the entries itself
+                return self.sweep_states(sweep_dir, plain)
+        except Exception:  # noqa: BLE001 - a hostile ledger's values: its files still speak
+            return {}
+
+    def _entry_dir(self, here: Path, jid: str, entry: Any) -> Path | None:
+        """A ledger entry's output directory, or None (reported) when the entry is not ours in
+        shape or its paths leave the sweep directory (`..`, an absolute path, a link)."""
+        where = here / LEDGER
+        if not isinstance(entry, dict):
+            self.warn(where, f"jobs.{_short(jid)}: not an object (a {type(entry).__name__}): "
+                             "not read")
+            return None
+        value = entry.get("output_dir")
+        if not isinstance(value, str) or not value or "\0" in value:
+            self.warn(where, f"jobs.{_short(jid)}: output_dir is not a path: not read")
+            return None
+        out = entry_path(here, value)
+        if not self.tree.inside(out, here, strictly=True):
+            self.warn(where, f"jobs.{_short(jid)}: output_dir {_short(value)} is not inside the "
+                             "sweep directory: not read")
+            return None
+        log = entry.get("log")
+        if log not in (None, "") and not (isinstance(log, str) and "\0" not in log and
+                                          self.tree.inside(entry_path(here, log), here, True)):
+            self.warn(where, f"jobs.{_short(jid)}: log {_short(log)} is not inside the sweep "
+                             "directory: ignored")
+        return out
+
+    def _spec_text(self, here: Path, ledger: dict[str, Any]) -> str | None:
+        """The spec as launched: the ledger's copy; else the spec file, only where it lies in
+        the sweep directory (a ledger may name any file, /etc/shadow included)."""
+        copy = ledger.get("spec_text")
+        if isinstance(copy, str):
+            return copy
+        spec = ledger.get("spec")
+        if not isinstance(spec, str) or not spec or "\0" in spec:
+            return None
+        path = entry_path(here, spec)
+        if not self.tree.inside(path, here, strictly=True):
+            self.warn(here / LEDGER, f"spec: {_short(spec)} is not inside the sweep directory "
+                                     "and the ledger keeps no copy of it: not read")
+            return None
+        try:
+            return self.tree.read_text(path)
+        except FileNotFoundError:
+            return None
+        except (Refused, OSError) as exc:
+            self.warn(path, str(exc))
+            return None
 
 
 def _merge_mm(runs: dict[str, Run]) -> None:
@@ -209,45 +381,57 @@ def _merge_mm(runs: dict[str, Run]) -> None:
         del runs[key]
 
 
-def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection:
-    """Runs under the given sweep or job directories, each once, in a stable order."""
+def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(root) top-down, without following links to directories, and without recursion:
+    os.walk recurses on Python 3.11, and a tree some thousand directories deep would raise
+    RecursionError. The caller prunes dirnames in place, as with os.walk."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        dirs: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(top) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
+        except OSError:
+            continue  # unreadable or gone: as os.walk without onerror
+        yield top, dirs, files
+        for name in reversed(dirs):  # popped in the order the caller left them
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                stack.append(path)
+
+
+def find_runs(paths: list[str], patterns: list[str] | None = None,
+              sweep_states: SweepStates | None = None) -> Collection:
+    """Runs under the given sweep or job directories, each once, in a stable order; with
+    `sweep_states`, our jobs' states as `sweep status` resolves them (files, ledger and
+    scheduler), else from their files."""
     compiled = [compile_pattern(p) for p in (patterns or [])] or [compile_pattern(SEED_PATTERN)]
-    reader = _Reader(compiled)
-    runs: dict[str, Run] = {}
+    for raw in paths:
+        if not Path(raw).is_dir():
+            raise UserError(f"{terminal(raw)}: no such directory (give sweep directories such "
+                            "as runs/NAME)")
+    reader = _Reader(compiled, Tree(paths), sweep_states)
+    runs: dict[str, Run] = {}  # real path of the job directory -> its run
     sweeps: dict[str, Sweep] = {}
     read_dirs: set[str] = set()  # job directories already read through a ledger
     for raw in paths:
-        root = Path(raw)
-        if not root.is_dir():
-            raise UserError(f"{raw}: no such directory (give sweep directories such as runs/NAME)")
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in _walk(raw):
             here = Path(dirpath)
-            names = set(filenames)
+            names = reader.usable(here, filenames)
+            if LEDGER in names:
+                reader.sweep(here, runs, sweeps, read_dirs)
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
                                  and not d.startswith((".", "checkpoint-"))
-                                 and os.path.join(dirpath, d) not in read_dirs)
-            ledger = reader.read(here / LEDGER) if LEDGER in names else None
-            if ledger and isinstance(ledger.get("jobs"), dict):
-                name = str(ledger.get("sweep", "")) or here.name
-                spec_text = ledger.get("spec_text")
-                if not isinstance(spec_text, str):
-                    try:
-                        spec_text = Path(str(ledger.get("spec", ""))).read_text(encoding="utf-8")
-                    except (OSError, UnicodeDecodeError):
-                        spec_text = None
-                sweeps.setdefault(name, Sweep(name, str(ledger.get("spec", "")), spec_text))
-                resolved = _sweep_states(here)
-                for jid, entry in ledger["jobs"].items():
-                    out = entry_path(here, entry.get("output_dir", ""))
-                    read_dirs.add(os.path.abspath(out))
-                    key = os.path.realpath(out)
-                    if key not in runs:
-                        run = reader.ours(out, entry, resolved.get(jid))
-                        run.job_id = run.job_id or jid
-                        run.sweep = run.sweep or name
-                        runs[key] = run
+                                 and os.path.abspath(os.path.join(dirpath, d)) not in read_dirs)
             key = os.path.realpath(here)
-            if _is_ours(here, names):
+            if reader.is_ours(here, names):
                 if key not in runs:
                     runs[key] = reader.ours(here)
                 dirnames[:] = []  # a job directory holds no further jobs
@@ -256,41 +440,40 @@ def find_runs(paths: list[str], patterns: list[str] | None = None) -> Collection
                 if run is not None:
                     runs[key] = run
     _merge_mm(runs)
+    job_dirs = set(runs)
     ordered = sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
     runs_once = [_clean(r) for r in _once(ordered, reader)]
     problems = [(text(p), text(why)) for p, why in reader.problems]
     clean_sweeps = [Sweep(text(s.name), text(s.spec_path),
                           None if s.spec_text is None else text(s.spec_text))
                     for s in sweeps.values()]
-    return Collection(runs_once, clean_sweeps, problems)
+    return Collection(runs_once, clean_sweeps, problems, reader.tree.touched, job_dirs)
 
 
-def _sweep_states(sweep_dir: Path) -> dict[str, tuple[str, str | None]]:
-    """Every job's (state, reason) as `sweep status` gives them (one scheduler call per
-    backend); {} for a ledger that is not one of ours in good order (its runs are then read
-    from their own files)."""
-    from jobs.errors import UserError
-    from jobs.ledger import Ledger
-    from jobs.manage import states
-
-    try:
-        ledger = Ledger(sweep_dir)
-        if not all(isinstance(e, dict) for e in ledger.jobs.values()):
-            return {}
-        return states(ledger)
-    except UserError:
-        return {}
-    except Exception:  # noqa: BLE001 - a hostile ledger's values: its files still speak
-        return {}
+def _plain_entry(entry: Any, sweep_dir: Path, tree: Tree) -> bool:
+    """A ledger entry the scheduler's view (sweep_states) may see: ours in shape, its output
+    directory inside the sweep directory, its scheduler id an id (it names files in the
+    submitit folder)."""
+    if not isinstance(entry, dict):
+        return False
+    out, sid = entry.get("output_dir"), entry.get("scheduler_id")
+    if not isinstance(out, str) or not out or "\0" in out or not tree.inside(out, sweep_dir,
+                                                                              strictly=True):
+        return False
+    if sid is not None and not valid_id(sid):
+        return False
+    return entry.get("backend") is None or isinstance(entry.get("backend"), str)
 
 
-def _clean_value(value: Any) -> Any:
+def _clean_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
-        return text(value)
+        return text(value if type(value) is str else str(value))  # a BigInt: plain text
+    if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
+        return CUT  # values are bounded when read; this bounds the recursion whatever came in
     if isinstance(value, dict):
-        return {text(str(k)): _clean_value(v) for k, v in value.items()}
+        return {text(str(k)): _clean_value(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean_value(v) for v in value]
+        return [_clean_value(v, depth + 1) for v in value]
     return value
 
 
@@ -313,7 +496,10 @@ def _identities(run: Run) -> list[str]:
         return []
     keys = ["id:" + run.job_id] if run.job_id else []
     if run.config:
-        keys.append("config:" + json.dumps(run.config, sort_keys=True, default=str))
+        try:  # quantlib.configs.identity_key: the one test of "the same job"
+            keys.append("config:" + identity_key(run.config))
+        except (KeyError, TypeError, ValueError):  # no known method: its whole configuration
+            keys.append("config:" + json.dumps(run.config, sort_keys=True, default=str))
     return keys
 
 

@@ -70,20 +70,29 @@ class TTest:
 
 def _mean_var(xs: list[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
-    return m, sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, sum((x - m) * (x - m) for x in xs) / (len(xs) - 1)
 
 
 def against_baseline(values: list[float], baseline: list[float]) -> TTest | None:
     """values (>= 2 runs) against the baseline's runs: Welch with >= 2 baseline runs, a
-    one-sample test against a single baseline run; None when untestable (< 2 runs, NaN)."""
-    if len(values) < 2 or not baseline or any(math.isnan(v) for v in values + baseline):
+    one-sample test against a single baseline run; None when untestable (< 2 runs, NaN or
+    infinite values, or values so large that the arithmetic overflows)."""
+    if len(values) < 2 or not baseline or not all(math.isfinite(v) for v in values + baseline):
         return None
+    try:
+        return _test(values, baseline)
+    except (OverflowError, ZeroDivisionError, ValueError):
+        return None
+
+
+def _test(values: list[float], baseline: list[float]) -> TTest | None:
     m_a, v_a = _mean_var(values)
     if len(baseline) >= 2:
         m_b, v_b = _mean_var(baseline)
         se2_a, se2_b = v_a / len(values), v_b / len(baseline)
         se2 = se2_a + se2_b
-        df = (se2 * se2 / (se2_a ** 2 / (len(values) - 1) + se2_b ** 2 / (len(baseline) - 1))
+        df = (se2 * se2 / (se2_a * se2_a / (len(values) - 1)
+                           + se2_b * se2_b / (len(baseline) - 1))
               if se2 > 0 else float(len(values) + len(baseline) - 2))
         kind = "welch"
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from analysis.measurements import EXTRAS, ROWS, Block, Cell
+from analysis.blocks import EXTRAS, ROWS, Block, Cell
 from analysis.stats import TTest, against_baseline, significant_drop
 from quantlib.tasks import TASKS
 
@@ -122,7 +122,17 @@ class TaskSummary:
 
 
 def _finite(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
+    """A mean that can be compared, charted and subtracted: not NaN, not ±inf (an inf metric
+    would crash a chart's axis and make every delta inf or NaN). Tables show the others as
+    text (nan, inf)."""
+    return value is not None and math.isfinite(value)
+
+
+PLOT_LIMIT = 1e12  # metrics are 0-1 or 0-100: beyond this a chart's axis is all one value
+
+
+def _plottable(value: float | None) -> bool:
+    return _finite(value) and abs(value) <= PLOT_LIMIT  # type: ignore[arg-type]
 
 
 def summarize(blocks: list[Block]) -> list[TaskSummary]:
@@ -178,7 +188,7 @@ def _points(summary: TaskSummary) -> None:
         return
     for row in summary.rows:
         stat = row.stats.get(label)
-        if stat is not None and row.size_mb is not None and _finite(stat.mean):
+        if stat is not None and _plottable(row.size_mb) and _plottable(stat.mean):
             summary.points.append(Point(row.title, row.bits, row.size_mb, stat.mean))
     pareto(summary.points)
     if summary.points and summary.chart_label is None:
@@ -199,13 +209,13 @@ def _chart(summary: TaskSummary, blocks: list[Block], metrics: tuple[str, ...]) 
     for blk in blocks:
         if blk.bits == [32]:
             cell = blk.cells.get((label, 32))
-            if cell is not None and _finite(cell.mean):
+            if cell is not None and _plottable(cell.mean):
                 summary.series.append(Series(f"{blk.title} (32-bit)", [cell.mean] * len(bits)))
             continue
         values: list[float | None] = []
         for b in bits:
             cell = blk.cells.get((label, b))
-            values.append(cell.mean if cell is not None and _finite(cell.mean) else None)
+            values.append(cell.mean if cell is not None and _plottable(cell.mean) else None)
         if any(v is not None for v in values):
             summary.series.append(Series(blk.title, values))
 
@@ -217,11 +227,11 @@ def _digits(task: str) -> int:
 def format_stat(stat: Stat, task: str) -> str:
     """`0.8412 ± 0.0031` (`0.8412` for a single run), `nan` where the metric was NaN."""
     d = _digits(task)
-    if math.isnan(stat.mean):
-        return "nan"
+    if not math.isfinite(stat.mean):
+        return str(stat.mean)  # nan, inf, -inf
     text = f"{stat.mean:.{d}f}"
     if stat.std is not None:
-        text += " ± nan" if math.isnan(stat.std) else f" ± {stat.std:.{d}f}"
+        text += f" ± {stat.std}" if not math.isfinite(stat.std) else f" ± {stat.std:.{d}f}"
     return text
 
 

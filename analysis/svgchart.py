@@ -17,16 +17,18 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 230, 40, 55
 
 
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
+    if not hi > lo or not math.isfinite(hi - lo):  # no range (or NaN, or one too wide)
+        return [lo] if math.isfinite(lo) else []
     raw = (hi - lo) / count
+    if raw <= 0:  # a range too small for a float step
+        return [lo]
     step = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 2.5, 5, 10):
         if step * factor >= raw:
             step *= factor
             break
     first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    return [first + i * step for i in range(min(int((hi - first) / step + 1e-9) + 1, 50))]
 
 
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM

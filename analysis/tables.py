@@ -16,8 +16,8 @@ TAIL = ["state", "reason", "collapsed", "source", "output_dir"]
 def _cell(value: Any) -> Any:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf, -inf: text in every format
     return value
 
 

@@ -6,8 +6,6 @@ bold italic, a comment naming the run; the runs sheet also fills its row) in eve
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,11 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from analysis.measurements import EXTRAS, ROWS, Block, sheet_rows
+from analysis.blocks import EXTRAS, ROWS, Block, sheet_rows
 from analysis.safe_text import harden_workbook
 from analysis.summary import DROP_MARK, EXTRA_FORMATS, TaskSummary, drop_note, test_text
 from analysis.tables import LEAD, TAIL
-from jobs.atomic import default_mode
+from quantlib.atomic import replace_with
 
 COLLAPSED_FILL = PatternFill("solid", start_color="FFF4CCCC", end_color="FFF4CCCC")
 COLLAPSED_FONT = Font(color="FFC00000", bold=True, italic=True)
@@ -302,14 +300,4 @@ def build_workbook(blocks: list[Block], summaries: list[TaskSummary], header: li
 
 def write_xlsx(path: Path, blocks: list[Block], summaries: list[TaskSummary],
                header: list[str], rows: list[list[Any]]) -> None:
-    wb = build_workbook(blocks, summaries, header, rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        wb.save(tmp)
-        os.chmod(tmp, default_mode())  # not mkstemp's 0600: what the umask gives
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_with(path, build_workbook(blocks, summaries, header, rows).save)

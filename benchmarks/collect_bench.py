@@ -99,7 +99,7 @@ def phases(sweep: Path, out: Path) -> dict[str, float]:
     import gc
     import io
 
-    from analysis.measurements import build_blocks
+    from analysis.blocks import build_blocks
     from analysis.results import find_runs
     from analysis.summary import summarize
     from analysis.tables import tidy

@@ -22,7 +22,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from quantlib import export_onnx
 from quantlib.configs import PTQConfig
 from quantlib.qmodules import quantizers
-from quantlib.qplans import calibrate, enable, fuse_qkv, install_ft
+from quantlib.quantize_model import calibrate, enable, fuse_qkv, install_ft
 
 
 def main() -> None:

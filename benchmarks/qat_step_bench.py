@@ -22,7 +22,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from quantlib.configs import DistillQuantConfig, Q8BertConfig, QATConfig
 from quantlib.qmodules import quantizers
-from quantlib.qplans import (
+from quantlib.quantize_model import (
     calibrate,
     enable,
     fuse_qkv,

@@ -16,7 +16,8 @@ import time
 import torch
 
 from quantlib.configs import LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
-from quantlib.inq import INQController, Stage
+from quantlib.inq import INQController
+from quantlib.stages import TrainingStage
 
 SHAPES = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]  # Q, K, V, attn out, FFN in, FFN out
 STEPS = (0.5, 0.75, 0.875, 1.0)
@@ -32,7 +33,7 @@ def run(cfg, device: str, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         weights = bert_weights(device)
-        c = INQController(weights, cfg, [Stage(str(f), 1.0, f) for f in STEPS])
+        c = INQController(weights, cfg, [TrainingStage(str(f), 1.0, f) for f in STEPS])
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()

@@ -19,8 +19,8 @@ import time
 import torch
 from qat_step_bench import ENCODER, build  # the same BERT-base-shaped model
 
-from quantlib.inq import select_weights
 from quantlib.sparsity import PatternLock, magnitude_masks, mask_24
+from quantlib.stages import select_weights
 
 
 def sync(device: str) -> None:

@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
-from jobs.errors import UserError, os_error
-
-BACKENDS = ("local", "lsf", "slurm")
+from analysis.safe_text import terminal
+from analysis.writers import FORMATS, formats_help
+from jobs import backends
+from quantlib.errors import UserError, os_error
 
 
 def _version() -> str:
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", help="run or submit every job of a sweep spec")
     la.add_argument("spec", help="sweep spec (YAML)")
-    la.add_argument("--backend", choices=BACKENDS, default="local",
+    la.add_argument("--backend", choices=backends.names(), default="local",
                     help="where the jobs run: this machine (local), or submitted to LSF or "
                     "SLURM as job arrays (default: %(default)s)")
     la.add_argument("--dry-run", action="store_true",
@@ -61,10 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                         "an HTML report")
     co.add_argument("paths", nargs="*", default=["runs"],
                     help="sweep or job directories, ours or other tools' (default: runs)")
-    co.add_argument("--to", choices=("xlsx", "csv", "md", "html", "tex"), default="xlsx",
-                    help="xlsx: the seed study's workbook with a sheet per task; csv: every run, "
-                    "one row each; md: a table per task; html: a self-contained report; tex: a "
-                    "LaTeX booktabs table per task (default: %(default)s)")
+    co.add_argument("--to", choices=FORMATS, default="xlsx",
+                    help=f"{formats_help()} (default: %(default)s)")
     co.add_argument("-o", "--output", default=None,
                     help="output file (default: results.<ext> in the first directory)")
     co.add_argument("--pattern", action="append", default=[], metavar="PATTERN",
@@ -127,21 +126,22 @@ def main(argv: list[str] | None = None) -> int:
                           max_parallel=args.max_parallel, sweep_dir=args.sweep_dir,
                           max_jobs=args.max_jobs, prefetch=not args.no_prefetch)
         if args.command in ("status", "cancel", "logs"):
-            from jobs import manage
+            from jobs import running
 
             if args.command == "status":
-                return manage.status(args.sweeps, long=args.long)
+                return running.status(args.sweeps, long=args.long)
             if args.command == "cancel":
-                return manage.cancel(args.sweeps, args.where)
-            return manage.logs(args.job, args.sweeps)
+                return running.cancel(args.sweeps, args.where)
+            return running.logs(args.job, args.sweeps)
         from analysis.collect import collect
+        from jobs.running import sweep_states
 
-        return collect(args.paths, args.to, args.output, args.pattern)
-    except UserError as exc:
-        print(f"sweep: error: {exc}", file=sys.stderr)
+        return collect(args.paths, args.to, args.output, args.pattern, sweep_states)
+    except UserError as exc:  # whatever it quotes prints as itself (analysis.safe_text.terminal)
+        print(f"sweep: error: {terminal(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a read-only directory, a full disk: the file and why, one line
-        print(f"sweep: error: {os_error(exc)}", file=sys.stderr)
+        print(f"sweep: error: {terminal(os_error(exc))}", file=sys.stderr)
         return 2
 
 

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import SpecError
-from jobs.spec import Spec, Stage
-from quantlib.configs import ConfigError, identity, ignored_keys, resolve
+from jobs.spec import (
+    MAX_PATH_BYTES,
+    OUTPUT_DIR_ROOM,
+    Spec,
+    SweepStage,
+    axis_size,
+    iter_values,
+    output_dir_problem,
+)
+from quantlib.configs import ConfigError, identity_key, ignored_keys, resolve
+from quantlib.errors import SpecError, quote, shorten
 
 ID_LENGTH = 10
 MARKER = "@job:"  # a value standing for the saved model of the job whose id follows
@@ -44,24 +51,35 @@ class Job:
 def job_id(config: dict[str, Any]) -> str:
     """A hash of the job's identity (its resolved arguments less those equal to their
     defaults): independent of the other jobs of the spec and of how a value was written."""
-    blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
+    return hashlib.sha256(identity_key(config).encode()).hexdigest()[:ID_LENGTH]
+
+
+COUNT_CAP = 10 ** 30  # count_bound saturates here: refused whatever the limit, and cheap to print
 
 
 def count_bound(spec: Spec) -> int:
-    """The most jobs the spec can expand to (excludes not subtracted), without expanding it."""
+    """The most jobs the spec can expand to (excludes not subtracted), without expanding it:
+    integer arithmetic on the axes' sizes (ranges are never materialised), exact up to
+    COUNT_CAP and COUNT_CAP beyond (1 MiB of ranges must not become a 40,000-digit number)."""
     total, parents = 0, 1
     for stage in spec.stages:
         points = 1
         for values in stage.grid.values():
-            points *= len(values)
+            points = min(points * axis_size(values), COUNT_CAP)
         for group in stage.zips:
-            points *= len(next(iter(group.values())))
+            points = min(points * axis_size(next(iter(group.values()))), COUNT_CAP)
         if not stage.grid and not stage.zips and stage.include:
             points = 0
-        parents *= points + len(stage.include)
-        total += parents
+        parents = min(parents * (points + len(stage.include)), COUNT_CAP)
+        total = min(total + parents, COUNT_CAP)
     return total
+
+
+def _count_text(n: int) -> str:
+    """A job count for a message: exact, or its order of magnitude when it is huge."""
+    if n >= COUNT_CAP:
+        return f"10^{len(str(COUNT_CAP)) - 1} or more"
+    return f"{n:,}" if n < 10 ** 24 else f"more than 10^{len(str(n)) - 1}"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -83,11 +101,13 @@ def matches(point: dict[str, Any], values: dict[str, Any]) -> bool:
     return True
 
 
-def _grid_points(spec: Stage) -> list[dict[str, Any]]:
-    axes: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
+def _grid_points(spec: SweepStage) -> list[dict[str, Any]]:
+    axes: list[list[dict[str, Any]]] = [[{k: v} for v in iter_values(vals)]
+                                        for k, vals in spec.grid.items()]
     for group in spec.zips:
         keys = list(group)
-        axes.append([dict(zip(keys, row)) for row in zip(*group.values())])
+        axes.append([dict(zip(keys, row))
+                     for row in zip(*(iter_values(v) for v in group.values()))])
     points = []
     for combo in itertools.product(*axes):
         point: dict[str, Any] = {}
@@ -97,7 +117,7 @@ def _grid_points(spec: Stage) -> list[dict[str, Any]]:
     return points
 
 
-def _key_source(spec: Spec, stage: Stage, prefix: str, key: str, source: str,
+def _key_source(spec: Spec, stage: SweepStage, prefix: str, key: str, source: str,
                 point: dict[str, Any]) -> str:
     if key in point:
         if source.startswith(prefix + "include"):
@@ -141,9 +161,9 @@ def expand(spec: Spec) -> list[Job]:
     duplicate jobs."""
     bound = count_bound(spec)
     if bound > spec.max_jobs:
-        raise SpecError(spec.path, "grid", f"expands to up to {bound:,} jobs, over the limit of "
-                        f"{spec.max_jobs:,} (raise it with max_jobs: N in the spec, or "
-                        "--max-jobs N)")
+        raise SpecError(spec.path, "grid", f"expands to up to {_count_text(bound)} jobs, over "
+                        f"the limit of {_count_text(spec.max_jobs)} (raise it with max_jobs: N "
+                        "in the spec, or --max-jobs N)")
     sweep_dir = Path(spec.sweep_dir).absolute()
     jobs: list[Job] = []
     seen: dict[str, str] = {}
@@ -153,60 +173,72 @@ def expand(spec: Spec) -> list[Job]:
         prefix = f"stages[{k}]." if spec.staged else ""
         last = k == len(spec.stages) - 1
         stage_jobs: list[Job] = []
-        for parent in parents:
-            inherited: dict[str, Any] = {}
-            if parent is not None:
-                inherited = {key: v for key, v in parent.config.items() if key != "save_model"}
-                inherited.update({key: MARKER + parent.id for key in stage.inputs})
-            for source, values, point in _candidates(spec, stage, prefix, inherited):
-                if not last:
-                    values["save_model"] = True  # the next stage starts from it
-                try:
-                    config = resolve(values)
-                except ConfigError as exc:
-                    raise SpecError(spec.path, _key_source(spec, stage, prefix, exc.key, source,
-                                                           point), exc.message) from None
-                jid = job_id(config)
-                label = describe(spec, config)
-                if jid in seen:
-                    ignored = ignored_keys(values)
-                    hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give "
-                            "such jobs through include instead" if ignored else "")
-                    raise SpecError(spec.path, source, f"duplicate job {label} (same "
-                                    f"configuration as {seen[jid]}){hint}")
-                seen[jid] = source if not source.endswith("grid") else f"grid point {label}"
-                out = _output_dir(spec, stage, sweep_dir, config, jid)
-                if out in out_dirs:
-                    raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} "
-                                                             f"would share the directory {out}")
-                out_dirs[out] = label
-                job = Job(jid, len(jobs) + 1, config, out, source, stage.name,
-                          parent.id if parent else None, parent.output_dir if parent else None)
-                jobs.append(job)
-                stage_jobs.append(job)
+        for parent, source, values, point in _candidates(spec, stage, prefix, parents):
+            if not last:
+                values["save_model"] = True  # the next stage starts from it
+            try:
+                config = resolve(values)
+            except ConfigError as exc:
+                raise SpecError(spec.path, _key_source(spec, stage, prefix, exc.key, source,
+                                                       point), exc.message) from None
+            jid = job_id(config)
+            label = describe(spec, config)
+            if jid in seen:
+                ignored = ignored_keys(values)
+                hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give "
+                        "such jobs through include instead" if ignored else "")
+                raise SpecError(spec.path, source, f"duplicate job {label} (same "
+                                f"configuration as {seen[jid]}){hint}")
+            seen[jid] = source if not source.endswith("grid") else f"grid point {label}"
+            out = _output_dir(spec, stage, sweep_dir, config, jid, label)
+            if out in out_dirs:
+                raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} "
+                                                         f"would share the directory {out}")
+            out_dirs[out] = label
+            job = Job(jid, len(jobs) + 1, config, out, source, stage.name,
+                      parent.id if parent else None, parent.output_dir if parent else None)
+            jobs.append(job)
+            stage_jobs.append(job)
         parents = list(stage_jobs)
     return jobs
 
 
-def _candidates(spec: Spec, stage: Stage, prefix: str, inherited: dict[str, Any]
-                ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(source, values, point) of one stage for one parent (or none)."""
+def _candidates(spec: Spec, stage: SweepStage, prefix: str, parents: list[Job | None]
+                ) -> list[tuple[Job | None, str, dict[str, Any], dict[str, Any]]]:
+    """(parent, source, values, point) of one stage: its grid and include points for each
+    job of the previous stage (or once, for the first stage), less the excluded ones.
+
+    Every exclude must match some job of the stage (over all parents: in a later stage one may
+    match the jobs of some parents only), and the excludes may not remove every job: both are
+    mistakes in the spec that would otherwise launch silently less (or nothing)."""
     out = []
-    used_excludes: set[int] = set()
-    for point in _grid_points(stage):
-        values = {**spec.base, **inherited, **stage.base, **point}
-        hit = [i for i, ex in enumerate(stage.exclude) if matches(ex, values)]
-        used_excludes.update(hit)
-        if not hit:
-            out.append((f"{prefix}grid", values, point))
-    if not inherited:  # with parents, an exclude may match the jobs of some of them only
-        for i, ex in enumerate(stage.exclude):
-            if i not in used_excludes:
-                raise SpecError(spec.path, f"{prefix}exclude[{i}]",
-                                f"{ex} matches no job of the grid")
-    for i, p in enumerate(stage.include):
-        out.append((f"{prefix}include[{i}]", {**spec.base, **inherited, **stage.base, **p},
-                    dict(p)))
+    used: set[int] = set()
+    grid = _grid_points(stage)
+    for parent in parents:
+        inherited: dict[str, Any] = {}
+        if parent is not None:
+            inherited = {key: v for key, v in parent.config.items() if key != "save_model"}
+            inherited.update({key: MARKER + parent.id for key in stage.inputs})
+        for point in grid:
+            values = {**spec.base, **inherited, **stage.base, **point}
+            hit = [i for i, ex in enumerate(stage.exclude) if matches(ex, values)]
+            used.update(hit)
+            if not hit:
+                out.append((parent, f"{prefix}grid", values, point))
+        for i, p in enumerate(stage.include):
+            out.append((parent, f"{prefix}include[{i}]",
+                        {**spec.base, **inherited, **stage.base, **p}, dict(p)))
+    for i, ex in enumerate(stage.exclude):
+        if i not in used:
+            what = "grid" if parents == [None] else "grid for any job of the previous stage"
+            raise SpecError(spec.path, f"{prefix}exclude[{i}]",
+                            f"{quote(ex)} matches no job of the {what}")
+    if not out and stage.exclude:
+        removed = len(grid) * len(parents)
+        raise SpecError(spec.path, f"{prefix}exclude",
+                        f"removes every job of the {'stage' if prefix else 'grid'} (all "
+                        f"{removed:,}): nothing would run; drop an exclude, or add include "
+                        "points")
     return out
 
 
@@ -216,8 +248,8 @@ def describe(spec: Spec, config: dict[str, Any]) -> str:
                     if a in config and not str(config[a]).startswith(MARKER)) or "(base)"
 
 
-def _output_dir(spec: Spec, stage: Stage, sweep_dir: Path, config: dict[str, Any],
-                jid: str) -> Path:
+def _output_dir(spec: Spec, stage: SweepStage, sweep_dir: Path, config: dict[str, Any],
+                jid: str, label: str = "") -> Path:
     if spec.output_dir:
         fields = {a: _safe(config.get(a, "NA")) for a in spec.axes}
         rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, stage=stage.name or "NA",
@@ -227,6 +259,17 @@ def _output_dir(spec: Spec, stage: Stage, sweep_dir: Path, config: dict[str, Any
     out = sweep_dir / rel
     if ".." in rel.parts or rel.is_absolute():  # spec.py checks the pattern; values are _safe
         raise SpecError(spec.path, "output_dir", f"{rel} leaves the sweep directory")
+    # the pattern passed spec.py's checks with one character per placeholder; with the job's
+    # values it may still be the sweep's own files ({task} = logs) or too long
+    problem = output_dir_problem(rel, str(rel))
+    if problem:
+        raise SpecError(spec.path, "output_dir", f"job {shorten(label or jid, 120)}: {problem}")
+    size = len(str(out).encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES - OUTPUT_DIR_ROOM:
+        raise SpecError(spec.path, "output_dir", f"job {shorten(label or jid, 120)}: its "
+                        f"directory is {size} bytes as an absolute path; at most "
+                        f"{MAX_PATH_BYTES - OUTPUT_DIR_ROOM} (its checkpoints and results go "
+                        "under it)")
     return out
 
 

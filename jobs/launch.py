@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import IO
 
-from jobs import slurm
-from jobs.errors import UserError, os_error
+from analysis.safe_text import terminal
+from jobs import backends
+from jobs.backends.base import Refused
+from jobs.backends.local import LocalRun, visible_gpus
 from jobs.grid import Job, expand
 from jobs.ledger import Ledger
-from jobs.local import LocalRun, visible_gpus
-from jobs.manage import rel_path, states
+from jobs.running import rel_path, states
 from jobs.safeyaml import control_char
-from jobs.scripts import (
-    dependency_option,
-    env_lines,
-    label,
-    render_arrays,
-    render_local,
-    render_staged_submission,
-    write_configs,
-)
-from jobs.snapshot import snapshot
-from jobs.spec import Spec, load_spec
-from quantlib.outputs import now
+from jobs.scripts import label, render_local, render_staged_submission, write_configs
+from jobs.spec import SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
+from quantlib.errors import UserError, os_error
+from quantlib.jobdir import LEDGER, now, valid_id
 
 
 def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
@@ -37,6 +31,7 @@ def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
                                              str(j.get("nbits", "-"))]
             + ([j.after or "-"] if staged else []) + [rel_path(j.output_dir)]
             + ([states[j.id]] if states else []) for j in jobs]
+    rows = [[terminal(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [head, *rows])
@@ -44,25 +39,27 @@ def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
 
 def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
     sweep_dir = Path(spec.sweep_dir).absolute()
+    be = backends.get(backend)
     configs = write_configs(spec, jobs, sweep_dir)
     print(f"sweep {spec.name}: {len(jobs)} jobs (dry run, backend {backend}; nothing submitted)",
           file=out)
     print(job_table(jobs), file=out)
+    notes = be.describe(spec)
+    if notes:
+        print("", *notes, sep="\n", file=out)
     print(f"\nscripts in {rel_path(sweep_dir / 'scripts')}; would run:", file=out)
-    if backend == "local":
+    if not be.scheduler:
         for job in jobs:
-            script = render_local(spec, job, configs[job.id], sweep_dir)
-            after = f"  # after {job.after} completes" if job.after else ""
-            print(f"  bash {shlex.quote(rel_path(script))}{after}", file=out)
+            script = be.render_single(spec, job, configs[job.id], sweep_dir)
+            print(f"  {be.submit_line(Path(rel_path(script)), job.after)}", file=out)
     elif spec.staged:
-        script, lines = render_staged_submission(backend, spec, jobs, configs, sweep_dir)
+        script, lines = render_staged_submission(be, spec, jobs, configs, sweep_dir)
         print(f"  (all of it: bash {shlex.quote(rel_path(script))})", file=out)
         for line in lines:
             print(f"  {line}", file=out)
     else:
-        for script in render_arrays(backend, spec, jobs, configs, sweep_dir):
-            cmd = "bsub <" if backend == "lsf" else "sbatch"
-            print(f"  {cmd} {shlex.quote(rel_path(script))}", file=out)
+        for script, _ in be.render(spec, jobs, configs, sweep_dir):
+            print(f"  {be.submit_line(Path(rel_path(script)))}", file=out)
     return 0
 
 
@@ -83,27 +80,81 @@ def launch(spec_path: str, backend: str, *, dry: bool = False, force: bool = Fal
             raise UserError(f"{what} {value!r} holds the control character {bad!r}: job "
                             "scripts cannot name it safely")
     spec.offline = prefetch
-    jobs = expand(spec)
+    jobs = expand(spec)  # writes nothing
+    _check_sweep_dir(spec, jobs)
     if dry:
         return dry_run(spec, jobs, backend, out)
-    if backend != "local":
+    if backends.get(backend).scheduler:
         return submit_cluster(spec, jobs, backend, force=force, out=out)
     return run_local(spec, jobs, force=force, max_parallel=max_parallel, out=out)
+
+
+def _check_sweep_dir(spec: Spec, jobs: list[Job]) -> None:
+    """A sweep directory is new, empty, or this sweep's: its ledger names it, or it holds only
+    what a launch of a sweep writes (scripts, configs, logs, ...) and this sweep's job
+    directories. Never a directory of the user's files or another sweep's, whose scripts and
+    configs a launch would overwrite."""
+    where = Path(spec.sweep_dir)
+    own = set(SWEEP_FILES)
+    for job in jobs:  # the first component of each job's output directory in the sweep's
+        try:
+            own.add(Path(job.output_dir).absolute().relative_to(where.absolute()).parts[0])
+        except (ValueError, IndexError):
+            continue
+    try:
+        if not where.exists():
+            return
+        if not where.is_dir():
+            raise UserError(f"{where}: the sweep directory (sweep_dir / --sweep-dir) is not a "
+                            "directory; nothing was written")
+        ledger = where / LEDGER
+        if ledger.is_file():
+            try:
+                if ledger.stat().st_size > 256 << 20:
+                    raise ValueError("too large")
+                data = json.loads(ledger.read_text(encoding="utf-8"))
+                owner = data.get("sweep") if isinstance(data, dict) else None
+            except (OSError, ValueError, RecursionError):
+                owner = None
+            if owner != spec.name:
+                raise UserError(f"{where}: holds the ledger of "
+                                + (f"sweep {owner!r}" if isinstance(owner, str) else
+                                   "something else") + f", not of sweep {spec.name!r}: give "
+                                "this sweep a directory of its own (sweep_dir / --sweep-dir); "
+                                "nothing was written")
+            return
+        foreign = sorted(p.name for p in where.iterdir() if p.name not in own
+                         and not p.name.startswith(SWEEP_FILE_PREFIXES))
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read the sweep directory: {os_error(exc)}") from None
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(f"{where}: the sweep directory is not empty and is no sweep's (it holds "
+                        f"{shown}): give a new or empty directory (sweep_dir / --sweep-dir); "
+                        "nothing was written")
 
 
 def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                    out: IO[str]) -> int:
     """Submit what is not completed (all with --force) and not already queued or running;
     return as soon as the scheduler has it."""
-    from jobs import cluster
-
-    cluster.require(backend)
+    be = backends.get(backend)
+    be.require()
     sweep_dir = Path(spec.sweep_dir).absolute()
     ledger = Ledger(sweep_dir)
     with ledger.locked():  # no local launch runs meanwhile: we hold its lock
         jobs = ledger.register(spec.name, spec.path, jobs, force)
         resolved = states(ledger, launcher_active=False)
-        queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")]
+        unsure = [j for j in jobs if resolved[j.id][0] == "unknown"]
+        if unsure and not force:  # it may still be queued or running: never submit it twice
+            raise UserError(
+                f"sweep {spec.name}: the state of {len(unsure)} job(s) cannot be established "
+                f"({resolved[unsure[0].id][1]}): "
+                + ", ".join(j.id for j in unsure[:5]) + (", ..." if len(unsure) > 5 else "")
+                + "; nothing was submitted: launch again once the scheduler answers (sweep "
+                "status shows it), or with --force to submit them anyway")
+        queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")
+                  or (j in unsure and not force)]
         todo = [j for j in jobs if j not in queued
                 and (force or resolved[j.id][0] != "completed")]
         done = len(jobs) - len(todo) - len(queued)
@@ -124,8 +175,9 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                 stale.append(j)
         for j in stale:
             entry = ledger.jobs[j.id]
-            cluster.cancel(entry.get("backend", backend), sweep_dir / cluster.SUBMITIT_DIR,
-                           [entry["scheduler_id"]])
+            if valid_id(entry.get("scheduler_id")):
+                backends.get(entry.get("backend") or backend).cancel(
+                    sweep_dir, [entry["scheduler_id"]])
         if stale:
             configs.update(write_configs(spec, stale, sweep_dir))
             todo = [j for j in jobs if j.id in todo_ids or j in stale]
@@ -136,8 +188,9 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
             for stage_jobs in _by_stage(spec, todo):
                 deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
                 try:
-                    handles = _submit(backend, spec, stage_jobs, deps, configs, sweep_dir)
-                except (cluster.PartialSubmission, slurm.Refused) as exc:  # what was taken
+                    handles = be.submit(spec, stage_jobs, deps, configs, sweep_dir,
+                                        stage_jobs[0].stage or "" if spec.staged else "")
+                except Refused as exc:  # what was taken
                     submitted += [(stage_jobs[i], h, deps[i])
                                   for i, h in sorted(exc.submitted.items())]
                     raise UserError(f"{exc}" + (f" ({len(submitted)} jobs submitted before "
@@ -159,7 +212,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
     print(f"sweep {spec.name}: submitted {len(todo)} jobs to {backend.upper()} "
           f"(job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}); {done} already "
           f"completed, {len(queued)} queued or running"
-          + (f"; {waiting} wait for their previous-stage job ({dependency_option(backend, 'ID')})"
+          + (f"; {waiting} wait for their previous-stage job ({be.dependency_option('ID')})"
              if waiting else "")
           + (f"; {len(stale)} queued behind a failed job were resubmitted" if stale else ""),
           file=out)
@@ -167,26 +220,6 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
           f"JOB_ID {shlex.quote(rel_path(sweep_dir))}; results: sweep collect "
           f"{shlex.quote(rel_path(sweep_dir))}", file=out)
     return 0
-
-
-def _submit(backend: str, spec: Spec, jobs: list[Job], deps: list[str | None],
-            configs: dict[str, Path], sweep_dir: Path) -> list[slurm.Submitted]:
-    """One stage's jobs to the scheduler: SLURM gets the scripts the dry run shows (jobs.slurm),
-    LSF goes through our submitit plugin (jobs.cluster)."""
-    from jobs import cluster
-
-    if backend == "slurm":
-        return slurm.submit(spec, jobs, deps, configs, sweep_dir,
-                            jobs[0].stage or "" if spec.staged else "")
-    items = [(str(configs[j.id]), d) for j, d in zip(jobs, deps)]
-    try:
-        handles = cluster.submit(backend, sweep_dir / cluster.SUBMITIT_DIR, spec.name,
-                                 spec.resources, items, snapshot(sweep_dir), env_lines(spec))
-    except cluster.PartialSubmission as exc:
-        exc.submitted = {i: slurm.Submitted(h.job_id, h.paths.stdout)
-                         for i, h in exc.submitted.items()}
-        raise
-    return [slurm.Submitted(h.job_id, h.paths.stdout) for h in handles]
 
 
 def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],
@@ -198,7 +231,12 @@ def _dependency(job: Job, by_id: dict[str, Job], new_ids: dict[str, str],
     if job.after in new_ids:
         return new_ids[job.after]
     if resolved[job.after][0] in ("pending", "running"):
-        return ledger.jobs[job.after].get("scheduler_id")
+        parent = ledger.jobs[job.after].get("scheduler_id")
+        if not valid_id(parent):  # queued, but under no id we can name: never start early
+            raise UserError(f"job {job.id} waits for {job.after}, which is queued or running "
+                            "without a scheduler id in the ledger: cancel it on the scheduler "
+                            "and launch again with --force; nothing was submitted")
+        return parent
     return None
 
 
@@ -286,6 +324,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         failed = [j for j in todo + adopted if ledger.jobs[j.id]["state"] != "completed"]
         for j in failed[:10]:
             entry = ledger.jobs[j.id]
-            print(f"  {entry['state']}: {j.id} {label(spec, j)}: {entry.get('reason')} "
+            print(f"  {entry['state']}: {j.id} {terminal(label(spec, j))}: "
+                  f"{terminal(entry.get('reason'))} "
                   f"(log: {rel_path(Path(entry.get('log', '')))})", file=out)
         return rc

@@ -6,6 +6,16 @@ and adds what only the launcher knows (backend, attempts, log file, exit status)
 Paths inside the sweep directory are stored relative to it (PATH_KEYS), so that a sweep moved
 or copied elsewhere is still itself; in memory they are absolute. A path outside the sweep (an
 output_dir of an older ledger, say) stays as written.
+
+A ledger is read as untrusted input (an edit by hand, another tool's file, a truncated copy):
+only a regular file of at most MAX_BYTES, JSON nested at most as deep as Python's parser goes.
+A file that is not a ledger at all (not an object with a `jobs` object) is a UserError naming
+it. Inside a ledger, what is not ours is dropped with one warning on stderr, and the sweep
+goes on: an entry that is not an object (its job is then missing, and the relaunch runs it
+unless its output directory says it completed), a field of the wrong type (a number where a
+path or a time stamp goes: the field is absent), and a scheduler id that is not one
+(`valid_id`: the job keeps its state, its id is absent: the scheduler is never asked
+about it nor told to cancel it). The file is rewritten clean with the next save.
 """
 
 from __future__ import annotations
@@ -14,26 +24,44 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.atomic import write_json
-from jobs.errors import UserError, os_error
 from jobs.grid import Job
-from quantlib.configs import ConfigError, identity, resolve
-from quantlib.outputs import is_complete, now
+from jobs.safeyaml import Unreadable, read_bounded
+from quantlib.atomic import write_json
+from quantlib.configs import ConfigError, identity_key, resolve
+from quantlib.errors import UserError, os_error, quote, shorten
+from quantlib.jobdir import (
+    LAUNCH_LOCK,
+    LEDGER,
+    entry_path,
+    is_complete,
+    launcher_active,
+    now,
+    open_lock,
+    valid_id,
+)
 
-LEDGER = "ledger.json"
 PATH_KEYS = ("output_dir", "log")  # the entries' fields that name files
-
-
-def entry_path(sweep_dir: str | os.PathLike, value: Any) -> Path:
-    """A path as the ledger stores it (relative to the sweep directory, or absolute), as a path
-    usable from here."""
-    path = Path(str(value or ""))
-    return path if path.is_absolute() else Path(os.path.abspath(Path(sweep_dir) / path))
+# a ledger of 100,000 jobs (the default max_jobs) is about 100 MB; /dev/zero or a runaway
+# file must not be read into memory whole
+MAX_BYTES = 1 << 30
+# our job ids are 10 hex digits; earlier rules made other lengths: any short word is kept
+JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_STR, _INT = (str,), (int,)
+# the entries' fields and the types they may have (None: the field is cleared); a field of
+# another type is dropped (absent), an unknown field is kept as it is
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "state": _STR, "backend": _STR, "scheduler_id": _STR, "output_dir": _STR, "log": _STR,
+    "config": (dict,), "index": _INT, "attempts": _INT, "pid": _INT, "pid_start": _STR,
+    "host": _STR, "submitted": _STR, "updated": _STR, "reason": _STR, "exit_status": _INT,
+    "stage": _STR, "after": _STR, "waits_for": _STR, "adopted_from": _STR, "gpus": (list,),
+}
+TOP_TYPES: dict[str, tuple[type, ...]] = {"sweep": _STR, "spec": _STR, "spec_text": _STR}
 
 
 def _stored_path(sweep_dir: Path, value: Any) -> Any:
@@ -53,20 +81,31 @@ class Ledger:
 
     def _load(self) -> dict[str, Any]:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = json.loads(read_bounded(self.path, MAX_BYTES, "ledger"))
         except FileNotFoundError:
             return {"jobs": {}}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{self.path}: unreadable ledger ({exc}); move it aside to start "
-                            "a fresh record") from None
+        except Unreadable as exc:
+            raise UserError(f"{self.path}: {exc}; move it aside to start a fresh record"
+                            ) from None
+        except RecursionError:
+            raise UserError(f"{self.path}: not a quantsweep ledger: its JSON is nested too "
+                            "deeply; move it aside to start a fresh record") from None
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSON errors among them
+            raise UserError(f"{self.path}: unreadable ledger ({shorten(str(exc), 120)}); "
+                            "move it aside to start a fresh record") from None
         if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
-            raise UserError(f"{self.path}: jobs: not a quantsweep ledger")
+            raise UserError(f"{self.path}: jobs: not a quantsweep ledger (no object of jobs); "
+                            "move it aside to start a fresh record")
+        dropped = _clean(data)
+        if dropped:
+            print(f"sweep: warning: {self.path}: dropped what is not a ledger's: "
+                  f"{'; '.join(dropped[:3])}" + (f" (and {len(dropped) - 3} more)"
+                                                  if len(dropped) > 3 else ""),
+                  file=sys.stderr, flush=True)
         for entry in data["jobs"].values():
-            if isinstance(entry, dict):
-                for key in PATH_KEYS:
-                    if isinstance(entry.get(key), str) and entry[key]:
-                        entry[key] = str(entry_path(self.sweep_dir, entry[key]))
+            for key in PATH_KEYS:
+                if isinstance(entry.get(key), str) and entry[key]:
+                    entry[key] = str(entry_path(self.sweep_dir, entry[key]))
         return data
 
     @property
@@ -83,7 +122,7 @@ class Ledger:
     def locked(self):
         """Hold the sweep's launch lock; a second launch of the same sweep is refused."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.sweep_dir / ".launch.lock", "w")
+        fh = open_lock(self.sweep_dir / LAUNCH_LOCK, create=True)
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,17 +136,7 @@ class Ledger:
 
     def launcher_active(self) -> bool:
         """Is a launch of this sweep running now (holding its lock)?"""
-        try:
-            fh = open(self.sweep_dir / ".launch.lock")
-        except FileNotFoundError:
-            return False
-        with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
+        return launcher_active(self.sweep_dir)
 
     def register(self, spec_name: str, spec_path: str, jobs: list[Job],
                  force: bool = False) -> list[Job]:
@@ -122,8 +151,8 @@ class Ledger:
         adoptable = self._adoptable(jobs, force)
         out = []
         for job in jobs:
-            if job.id not in self.jobs and _identity_key(job.config) in adoptable:
-                old_id = adoptable.pop(_identity_key(job.config))
+            if job.id not in self.jobs and identity_key(job.config) in adoptable:
+                old_id = adoptable.pop(identity_key(job.config))
                 self.jobs[job.id] = {**self.jobs.pop(old_id), "adopted_from": old_id}
             entry = self.jobs.setdefault(job.id, {"state": "missing", "attempts": 0})
             kept = entry.get("adopted_from") and not force and is_complete(
@@ -153,7 +182,7 @@ class Ledger:
                 continue
             config = entry.get("config")
             try:
-                key = _identity_key(resolve(config))
+                key = identity_key(resolve(config))
             except (ConfigError, KeyError, TypeError, AttributeError):
                 continue
             out.setdefault(key, old_id)
@@ -175,5 +204,39 @@ class Ledger:
             self.unsaved = False
 
 
-def _identity_key(config: dict[str, Any]) -> str:
-    return json.dumps(identity(config), sort_keys=True, default=list)
+def _clean(data: dict[str, Any]) -> list[str]:
+    """Drop, in place, what in a loaded ledger is not ours (see the module's docstring); say
+    what was dropped, one short phrase each."""
+    dropped: list[str] = []
+    for key, types in TOP_TYPES.items():
+        if key in data and not isinstance(data[key], types):
+            dropped.append(f"{key} ({type(data[key]).__name__}, not a string)")
+            del data[key]
+    jobs = data["jobs"]
+    for jid in list(jobs):
+        entry = jobs[jid]
+        if not JOB_ID.fullmatch(jid):
+            dropped.append(f"the entry {quote(jid, 40)} (not a job id)")
+            del jobs[jid]
+            continue
+        if not isinstance(entry, dict):
+            dropped.append(f"job {jid} ({type(entry).__name__}, not an object)")
+            del jobs[jid]
+            continue
+        for key, types in FIELD_TYPES.items():
+            value = entry.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, types):  # bool is an int
+                dropped.append(f"job {jid}: {key} ({type(value).__name__}, not "
+                               f"{' or '.join(t.__name__ for t in types)})")
+                del entry[key]
+            elif key in PATH_KEYS and "\0" in value:  # no OS call takes it
+                dropped.append(f"job {jid}: {key} (holds NUL)")
+                del entry[key]
+        sid = entry.get("scheduler_id")
+        if sid is not None and not valid_id(sid):
+            dropped.append(f"job {jid}: scheduler_id {quote(sid, 40)} (not a scheduler id)")
+            del entry["scheduler_id"]
+    return dropped
+

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from jobs.errors import SpecError
 from jobs.grid import MARKER, Job, describe, where_from
 from jobs.spec import Spec
 from quantlib.configs import with_defaults
+from quantlib.errors import SpecError
 from quantlib.tasks import SQUAD_FILES, TASKS
 
 MODEL_KEYS = ("model_name_or_path", "tokenizer_name", "teacher_name_or_path")

@@ -6,29 +6,22 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
-from jobs.atomic import write_text
 from jobs.grid import MARKER, Job, describe
-from jobs.resources import MAX_ARRAY, Resources
+from jobs.resources import MAX_ARRAY
 from jobs.snapshot import snapshot
 from jobs.spec import Spec
+from quantlib.atomic import write_text
 from quantlib.configs import with_defaults
+from quantlib.jobdir import RUN_KEYS, STAGE_KEYS
+from templates import environment
 
 PATH_KEYS = ("data_dir",)
 MAYBE_PATH_KEYS = ("model_name_or_path", "tokenizer_name", "teacher_name_or_path")
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(files("templates"))),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
-_env.filters["q"] = lambda v: shlex.quote(str(v))
+_env = environment()
 
 
 @dataclass(frozen=True)
@@ -53,10 +46,13 @@ def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
         if isinstance(value, str) and value.startswith(MARKER):
             assert job.upstream_dir is not None and value == MARKER + str(job.after)
             config[key] = str(job.upstream_dir / "model")
-    config.update(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
-                  nproc_per_node=max(1, spec.resources.gpus),
-                  max_requeues=spec.resources.max_requeues, stage=job.stage or None,
-                  after=job.after)
+    bookkeeping = dict(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
+                       nproc_per_node=max(1, spec.resources.gpus),
+                       max_requeues=spec.resources.max_requeues, stage=job.stage or None,
+                       after=job.after,
+                       upstream_dir=str(job.upstream_dir) if job.upstream_dir else None)
+    assert set(bookkeeping) == set(RUN_KEYS + STAGE_KEYS)  # one list: quantlib.jobdir
+    config.update(bookkeeping)
     return config
 
 
@@ -92,7 +88,7 @@ def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
     return {"sweep": spec.name, "spec_path": str(Path(spec.path).absolute()),
             "workdir": str(Path.cwd()), "python": spec.resources.python or sys.executable,
             "res": spec.resources, "env_lines": env_lines(spec),
-            "log_dir": str(sweep_dir / "logs"), "code": str(snapshot(sweep_dir))}
+            "log_dir": str(sweep_dir / "logs"), "code": str(snapshot(sweep_dir)), "lsf": False}
 
 
 def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
@@ -104,39 +100,47 @@ def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Pa
     return path
 
 
-def render_lsf_options(res: Resources, name: str, count: int | None, out_path: str,
-                       err_path: str, parallelism: int | None = None) -> str:
-    """The #BSUB lines of a job (count None) or an array of `count` elements."""
-    return _env.get_template("_lsf_options.j2").render(
-        res=res, array_name=name, count=count, parallelism=parallelism, out_path=out_path,
-        err_path=err_path)
+def _lsf_vars(spec: Spec, sweep_dir: Path, site: Any, name: str, count: int | None) -> dict:
+    """What the LSF templates need beyond the common part: the #BSUB options of the dialect,
+    the exit-code file and the requeue marker (shell words), the dialect's notes."""
+    from jobs.backends.lsf import bsub_options, notes
 
+    logs = str(sweep_dir / "logs")
+    stem = "%J_%I" if count else "%J"
+    ref = '"${LSB_JOBID:-}_${LSB_JOBINDEX:-0}' if count else '"${LSB_JOBID:-}'
+    from jobs.backends.base import REQUEUE
 
-def render_arrays(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
-                  sweep_dir: Path, tag: str = "") -> list[Path]:
-    """One array script per chunk of at most MAX_ARRAY jobs (`kind`: lsf or slurm)."""
-    return [path for path, _ in _render_chunks(kind, spec, jobs, configs, sweep_dir, tag)]
+    return {"lsf": True, "requeue_exit": REQUEUE,
+            "bsub": bsub_options(spec.resources, site, name, count, f"{logs}/{stem}.out",
+                                 f"{logs}/{stem}.err", spec.resources.array_parallelism),
+            "exit_file": f'{shlex.quote(logs)}/{ref}.exit"',
+            "requeued": f'{shlex.quote(logs)}/{ref}.requeued"',
+            "lsf_notes": notes(spec.resources, site)}
 
 
 def render_arrays_with_jobs(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
-                            sweep_dir: Path, tag: str = "") -> list[tuple[Path, list[Job]]]:
-    """As render_arrays, with the jobs of each script in their array order."""
-    return _render_chunks(kind, spec, jobs, configs, sweep_dir, tag) if jobs else []
+                            sweep_dir: Path, tag: str = "", site: Any = None,
+                            chunk: int = MAX_ARRAY) -> list[tuple[Path, list[Job]]]:
+    """One array script per chunk of at most `chunk` jobs (`kind`: lsf or slurm; `site`: the
+    LSF dialect, jobs.backends.lsf.Site), with the jobs of each script in array order."""
+    return _render_chunks(kind, spec, jobs, configs, sweep_dir, tag, site, chunk) if jobs else []
 
 
 def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
-                   sweep_dir: Path, tag: str = "") -> list[tuple[Path, list[Job]]]:
+                   sweep_dir: Path, tag: str = "", site: Any = None, chunk: int = MAX_ARRAY
+                   ) -> list[tuple[Path, list[Job]]]:
     template = _env.get_template(f"{kind}_array.sh.j2")
     base = 1 if kind == "lsf" else 0  # LSF array indices start at 1, SLURM's at 0
-    chunks = [jobs[i:i + MAX_ARRAY] for i in range(0, len(jobs), MAX_ARRAY)]
+    chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
     res = spec.resources
     paths = []
     for n, chunk in enumerate(chunks, 1):
         name = (f"{spec.name}.{tag}" if tag else spec.name) + (
             f".{n}" if len(chunks) > 1 else "")
         path = sweep_dir / "scripts" / f"{kind}_array{'_' + tag if tag else ''}_{n}.sh"
+        extra = _lsf_vars(spec, sweep_dir, site, name, len(chunk)) if kind == "lsf" else {}
         text = template.render(
-            **_common(spec, sweep_dir), script_path=str(path), array_name=name,
+            **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
             index_var="LSB_JOBINDEX" if kind == "lsf" else "SLURM_ARRAY_TASK_ID",
             parallelism=res.array_parallelism, first=chunk[0].index, last=chunk[-1].index,
             total=len(jobs),
@@ -147,42 +151,46 @@ def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pa
     return paths
 
 
-def render_single(kind: str, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+def render_single(kind: str, spec: Spec, job: Job, config_path: Path, sweep_dir: Path,
+                  site: Any = None) -> Path:
     """A cluster script for one job (not an array): later-stage jobs, each with its own
     dependency given at submission."""
     path = sweep_dir / "scripts" / f"{kind}_{job.id}.sh"
     name = f"{spec.name}.{job.stage}" if job.stage else spec.name
+    extra = _lsf_vars(spec, sweep_dir, site, name, None) if kind == "lsf" else {}
     text = _env.get_template(f"{kind}_array.sh.j2").render(
-        **_common(spec, sweep_dir), script_path=str(path), array_name=name, index_var=None,
+        **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
+        index_var=None,
         parallelism=None, first=job.index, last=job.index, total=job.index,
         jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
     write_text(path, text, mode=0o755, durable=False)
     return path
 
 
-def render_staged_submission(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
-                             sweep_dir: Path) -> tuple[Path, list[str]]:
+def render_staged_submission(backend: Any, spec: Spec, jobs: list[Job],
+                             configs: dict[str, Path], sweep_dir: Path) -> tuple[Path, list[str]]:
     """The submission of a staged sweep as a shell script: the first stage as arrays, every
-    later job on its own, waiting for its parent (SLURM afterok, LSF done()). Returns the
-    script and its command lines."""
+    later job on its own, waiting for its parent (SLURM afterok, LSF done()). `backend`: a
+    jobs.backends Backend. Returns the script and its command lines."""
+    kind = backend.name
     refs: dict[str, str] = {}  # job id -> shell expression of its scheduler id
     lines: list[str] = []
     first = [j for j in jobs if j.after is None]
     n_arrays = 0
-    for path, chunk in _render_chunks(kind, spec, first, configs, sweep_dir,
+    for path, chunk in backend.render(spec, first, configs, sweep_dir,
                                       first[0].stage if first else ""):
         n_arrays += 1
         var = f"A{n_arrays}"
-        lines.append(f"{var}=$({_submit_cmd(kind, path)})  # {len(chunk)} job"
+        lines.append(f"{var}=$({_submit_cmd(backend, path)})  # {len(chunk)} job"
                      + ("s" if len(chunk) > 1 else ""))
         for i, job in enumerate(chunk):
             refs[job.id] = (f"${{{var}}}[{i + 1}]" if kind == "lsf" else f"${{{var}}}_{i}")
     for job in jobs:
         if job.after is None:
             continue
-        path = render_single(kind, spec, job, configs[job.id], sweep_dir)
+        path = backend.render_single(spec, job, configs[job.id], sweep_dir)
         var = f"J_{job.id}"
-        lines.append(f"{var}=$({_submit_cmd(kind, path, refs[job.after])})  "
+        lines.append(f"{var}=$({_submit_cmd(backend, path, refs[job.after])})  "
                      f"# {label(spec, job)}, after {job.after}")
         refs[job.id] = f"${{{var}}}"
     script = sweep_dir / "scripts" / f"submit_{kind}.sh"
@@ -200,16 +208,6 @@ def render_staged_submission(kind: str, spec: Spec, jobs: list[Job], configs: di
     return script, lines
 
 
-def dependency_option(kind: str, ref: str) -> str:
-    """The submission option that makes a job wait for `ref` (a scheduler id, or a shell
-    expression of one) to complete successfully."""
-    if kind == "lsf":
-        return f'-w "done({ref})"'
-    return f"--dependency=afterok:{ref} --kill-on-invalid-dep=yes"
-
-
-def _submit_cmd(kind: str, path: Path, after: str | None = None) -> str:
-    dep = f"{dependency_option(kind, after)} " if after else ""
-    if kind == "lsf":
-        return f"bsub {dep}< {shlex.quote(str(path))} | jobid"
-    return f"sbatch --parsable {dep}{shlex.quote(str(path))}"
+def _submit_cmd(backend: Any, path: Path, after: str | None = None) -> str:
+    line = backend.submit_line(path, after)
+    return f"{line} | jobid" if backend.name == "lsf" else line

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from quantlib import preemption
+from quantlib.stages import StageCallback
 
 BEST_STATE = "best.pt"
 BEST_RECORD = "best.json"
@@ -23,7 +23,7 @@ def main_metric(task: Any) -> str:
     return "f1" if task.is_qa else task.metrics[0]
 
 
-class BestEpoch(TrainerCallback):
+class BestEpoch(StageCallback):
     def __init__(self, ctx: Any, evaluate: Any):
         self.ctx = ctx
         self.evaluate = evaluate  # (trainer, ctx) -> metrics

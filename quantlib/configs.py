@@ -84,8 +84,9 @@ class TrainArgs:
                            "tensorboard (the job's tensorboard/), wandb (offline without "
                            "network), mlflow (the job's mlruns/), none",
                            choices=("none", "tensorboard", "wandb", "mlflow"))
-    export: str = param("none", "str", "onnx: write the 8-bit model as ONNX (QDQ), evaluate it "
-                        "with onnxruntime and time it against the FP32 export",
+    export: str = param("none", "str", "onnx: write the 8-bit model as ONNX (QDQ; gptq: 4-bit "
+                        "MatMulNBits), evaluate it with onnxruntime and time it against the "
+                        "FP32 export",
                         choices=("none", "onnx"))
 
 
@@ -168,7 +169,8 @@ class PTQConfig(MethodConfig):
     (NVIDIA pytorch-quantization)."""
 
     nbits: int = param(8, "int", "bits per tensor (the FT modes are 8-bit)", lo=2, hi=8)
-    quant_mode: str = param("ft2", "str", "which tensors are quantized (methods.md)",
+    quant_mode: str = param("ft2", "str", "which tensors are quantized (FasterTransformer's "
+                            "quant_utils.set_args; quantlib/quantize_model.py)",
                             choices=("ft1", "ft2", "ft3"))
     calibrator: str = param("percentile", "str", "how activation amax is calibrated",
                             choices=("max", "percentile", "mse", "entropy"))
@@ -179,6 +181,26 @@ class PTQConfig(MethodConfig):
                                     choices=("auto", "channel", "tensor"))
     narrow_range: bool = param(False, "bool", "integer range -(2^(b-1)-1).. instead of "
                                "-2^(b-1)..")
+
+
+@dataclass(frozen=True)
+class GPTQConfig(MethodConfig):
+    """GPTQ (Frantar et al. 2023): weight-only PTQ of the selected Linears, layer by layer,
+    each column's rounding error spread over the columns not yet quantized through the inverse
+    Hessian of the layer's inputs (quantlib/gptq.py; the authors' gptq.py fasterquant)."""
+
+    nbits: int = param(4, "int", "bits per weight", lo=2, hi=8)
+    group_size: int = param(0, "int", "columns sharing a scale and zero point (the reference's "
+                            "groupsize); 0: one per output channel", lo=0)
+    act_order: bool = param(False, "bool", "quantize columns in decreasing order of the "
+                            "Hessian's diagonal (the reference's --act-order)")
+    damp: float = param(0.01, "float", "dampening: this fraction of the Hessian's mean "
+                        "diagonal is added to it (the reference's percdamp)", lo=0.0, hi=1.0)
+    block_size: int = param(128, "int", "columns updated together (lazy batch)", lo=1)
+    sym: bool = param(False, "bool", "symmetric grid (zero point in the middle); the "
+                      "reference's default is asymmetric min-max")
+    num_calib_batch: int = param(8, "int", "training batches the Hessians are computed from",
+                                 lo=1)
 
 
 @dataclass(frozen=True)
@@ -336,6 +358,7 @@ register_method("sparse24", "2:4 sparse", Sparse24Config)
 register_method("magnitude", "Magnitude pruning", MagnitudeConfig)
 register_method("pruneofa", "Prune OFA", PruneOFAConfig)
 register_method("distil-squad", "DistilBERT", DistilSquadConfig)
+register_method("gptq", "GPTQ", GPTQConfig)
 
 
 @functools.cache
@@ -383,6 +406,15 @@ def identity(resolved: dict[str, Any]) -> dict[str, Any]:
     base = defaults(resolved["method"])
     return {k: v for k, v in resolved.items()
             if k not in base or type(base[k]) is not type(v) or base[k] != v}
+
+
+def identity_key(resolved: dict[str, Any]) -> str:
+    """The job's identity as one canonical text: the same for the same job however its spec
+    wrote it. The one test of "the same job": job ids hash it (jobs.grid.job_id), a relaunch
+    adopts a recorded job by it (jobs.ledger), collect counts a copied job once by it."""
+    import json
+
+    return json.dumps(identity(resolved), sort_keys=True, separators=(",", ":"), default=list)
 
 
 def suggest(word: str, options) -> str:
@@ -491,12 +523,21 @@ ONNX_WITH_QAT = ("sparse24", "magnitude", "pruneofa")
 
 def _check_export(method: str, out: dict[str, Any]) -> None:
     fields = method_fields(method)
+    if method == "gptq":  # onnxruntime's MatMulNBits: 4 bits, blocks of 2^k >= 16 columns
+        group = out.get("group_size", fields["group_size"].default)
+        nbits = out.get("nbits", fields["nbits"].default)
+        if nbits != 4 or group < 16 or group & (group - 1) or out.get("act_order"):
+            raise ConfigError("export", f"onnx: gptq exports as onnxruntime's MatMulNBits: "
+                              f"nbits 4, group_size a power of two >= 16, act_order false "
+                              f"(here nbits {nbits}, group_size {group}, act_order "
+                              f"{bool(out.get('act_order'))})")
+        return
     nbits = out.get("nbits", fields["nbits"].default if "nbits" in fields else None)
     qat = out.get("qat", fields["qat"].default if "qat" in fields else False)
     if not (method in ONNX_METHODS or (method in ONNX_WITH_QAT and qat)):
         raise ConfigError("export", f"onnx: method {method!r} has no 8-bit QDQ form; allowed: "
-                          f"{', '.join(ONNX_METHODS)}, and {', '.join(ONNX_WITH_QAT)} with "
-                          "qat: true")
+                          f"{', '.join(ONNX_METHODS)}, {', '.join(ONNX_WITH_QAT)} with "
+                          "qat: true, and gptq (4-bit MatMulNBits)")
     if nbits != 8:
         raise ConfigError("export", f"onnx: the export is 8-bit (int8 QDQ); nbits is {nbits}")
 

@@ -168,8 +168,8 @@ def sparsify(model_dir: str | Path, out_dir: str | Path, sparsity: float) -> Pat
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    from quantlib.inq import select_weights
     from quantlib.sparsity import magnitude_masks
+    from quantlib.stages import select_weights
 
     arch = (AutoConfig.from_pretrained(model_dir).architectures or ["AutoModelForMaskedLM"])[0]
     model = getattr(transformers, arch).from_pretrained(model_dir)

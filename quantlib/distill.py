@@ -1,6 +1,7 @@
 """Knowledge-distillation losses and the Distiller a StagedTrainer asks for its loss.
 
-Variants (methods.md, pitfall 7: each is named and recorded with the results):
+Variants (each named, and the name recorded with the results, so that runs with different
+losses are never averaged as one):
 - "ft" (QAT+KD, FasterTransformer): CE(labels) + scale * KL(teacher/T || student/T), KL as
   F.kl_div(log_softmax(s/T), softmax(t/T)) with reduction "mean" (over all elements) or
   "batchmean", optionally times T^2. Regression tasks: MSE(student, teacher) instead of KL.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantlib.configs import DistillQuantConfig, DistilSquadConfig, PruneOFAConfig, QATKDConfig
+from quantlib.teacher_cache import TeacherCache
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
@@ -135,10 +137,41 @@ class Distiller:
                  DistilSquadConfig, regression: bool, sep_token_id: int | None = None):
         self.cfg = cfg
         self.regression = regression
-        self.teacher: nn.Module | None = None
+        self._teacher: nn.Module | None = None
+        self.cache = TeacherCache()
         self.layers = isinstance(cfg, DistillQuantConfig)
         self.t2 = isinstance(cfg, (PruneOFAConfig, DistilSquadConfig))
         self.sep_token_id = sep_token_id  # to give a BERT teacher the segments a student lacks
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher
+
+    @teacher.setter
+    def teacher(self, model: nn.Module | None) -> None:
+        """A new teacher (a stage's start, a resumed job) starts an empty cache."""
+        self._teacher = model
+        self.cache = TeacherCache()
+
+    def teacher_heads(self, inputs: dict, question_answering: bool) -> list[torch.Tensor]:
+        """The teacher's logit heads for a batch: from the cache when every example is there
+        (quantlib.teacher_cache), else from the teacher, stored for the epochs after.
+        question_answering: start/end heads, a value per position (keyed by the padded row)."""
+        assert self.teacher is not None
+        tin = self.teacher_inputs(inputs)
+        cache = self.cache
+        keys: list[bytes] = []
+        if cache.enabled:
+            cache.whole_rows = question_answering
+            keys = cache.keys(tin)
+            heads = cache.get(keys)
+            if heads is not None:
+                return heads
+        with torch.no_grad():
+            heads = logit_heads(self.teacher(**tin))
+        if cache.enabled:
+            cache.put(keys, heads)
+        return heads
 
     @property
     def name(self) -> str:
@@ -159,17 +192,19 @@ class Distiller:
         assert self.teacher is not None
         extra = {"output_hidden_states": True, "output_attentions": True} if self.layers else {}
         outputs = model(**inputs, **extra)
-        with torch.no_grad():
-            t = self.teacher(**self.teacher_inputs(inputs), **extra)
-        if self.layers:
+        if self.layers:  # hidden states and attention maps: not cached (teacher_cache)
+            with torch.no_grad():
+                t = self.teacher(**self.teacher_inputs(inputs), **extra)
             loss, _ = layers_kd_loss(outputs, t, self.cfg, self.regression)
-        elif self.t2:
-            hard, kd = t2_weights(self.cfg)
-            loss, _ = t2_loss(logit_heads(outputs), logit_heads(t), outputs.loss, hard, kd,
-                              self.cfg.kd_temperature, self.regression)
         else:
-            loss, _ = ft_kd_loss(logit_heads(outputs), logit_heads(t), outputs.loss, self.cfg,
-                                 self.regression)
+            student = logit_heads(outputs)
+            teacher = self.teacher_heads(inputs, question_answering=len(student) > 1)
+            if self.t2:
+                hard, kd = t2_weights(self.cfg)
+                loss, _ = t2_loss(student, teacher, outputs.loss, hard, kd,
+                                  self.cfg.kd_temperature, self.regression)
+            else:
+                loss, _ = ft_kd_loss(student, teacher, outputs.loss, self.cfg, self.regression)
         return (loss, outputs) if return_outputs else loss
 
 

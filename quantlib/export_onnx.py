@@ -120,7 +120,8 @@ def _exportable(model: nn.Module, quantized: bool):
     yield m
 
 
-def _example(dataset: Any, tokenizer: Any, length: int, names: list[str]) -> dict[str, np.ndarray]:
+def example_input(dataset: Any, tokenizer: Any, length: int, names: list[str]
+                  ) -> dict[str, np.ndarray]:
     """The first dev example padded to the sequence length, batch 1."""
     row = dataset[0]
     out = {}
@@ -290,6 +291,24 @@ def compare(exported: dict[str, float], results: dict[str, float], limit: float 
     return worst, abs(deltas[worst]), abs(deltas[worst]) > limit
 
 
+def evaluate_against(sess: Any, ctx: Any, names: list[str], results: dict[str, float]
+                     ) -> tuple[dict[str, Any], str]:
+    """The dev set through an export, against PyTorch's `results`: what goes into the job's
+    results (onnx_eval_*, the largest difference, the mismatch flag, the threads) and the
+    verdict the console says."""
+    onnx_metrics = evaluate(sess, ctx, names)
+    limit = tolerance(ctx.task)
+    worst, delta, mismatch = compare(onnx_metrics, results, limit)
+    info: dict[str, Any] = {f"onnx_eval_{k}": v for k, v in onnx_metrics.items()}
+    info.update(onnx_eval_max_delta=delta, onnx_mismatch=mismatch,
+                onnx_threads=torch.get_num_threads())
+    verdict = (f"MISMATCH: {worst} {onnx_metrics[worst]:.4f} exported vs "
+               f"{results[worst]:.4f} in PyTorch, beyond {limit:g}" if mismatch
+               else f"metrics within {limit:g} of PyTorch's (largest difference "
+                    f"{delta:.4f})")
+    return info, verdict
+
+
 def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
     """Export, evaluate and time; returns what goes into the job's results."""
     check_installed()
@@ -303,22 +322,13 @@ def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
     export(ctx.model, int8_path, names, length, quantized=True, qa=qa)
     export(ctx.model, fp32_path, names, length, quantized=False, qa=qa)
     int8, fp32 = session(int8_path), session(fp32_path)
-    feed = _example(ctx.evals["validation"], ctx.tokenizer, length, names)
+    feed = example_input(ctx.evals["validation"], ctx.tokenizer, length, names)
     int8_ms, fp32_ms = latency_ms(int8, feed), latency_ms(fp32, feed)
-    onnx_metrics = evaluate(int8, ctx, names)
-    info: dict[str, Any] = {f"onnx_eval_{k}": v for k, v in onnx_metrics.items()}
-    limit = tolerance(ctx.task)
-    worst, delta, mismatch = compare(onnx_metrics, results, limit)
+    info, verdict = evaluate_against(int8, ctx, names, results)
     info.update(onnx_latency_ms=int8_ms, onnx_fp32_latency_ms=fp32_ms,
                 onnx_speedup=fp32_ms / int8_ms if int8_ms > 0 else float("nan"),
                 onnx_size_mb=int8_path.stat().st_size / 1e6,
-                onnx_fp32_size_mb=fp32_path.stat().st_size / 1e6,
-                onnx_eval_max_delta=delta, onnx_mismatch=mismatch,
-                onnx_threads=torch.get_num_threads())
-    verdict = (f"MISMATCH: {worst} {onnx_metrics[worst]:.4f} exported vs "
-               f"{results[worst]:.4f} in PyTorch, beyond {limit:g}" if mismatch
-               else f"metrics within {limit:g} of PyTorch's (largest difference "
-                    f"{delta:.4f})")
+                onnx_fp32_size_mb=fp32_path.stat().st_size / 1e6)
     print(f"quantlib.export: ONNX INT8 {verdict}; latency (batch 1, {length} tokens) "
           f"{int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms: {info['onnx_speedup']:.2f}x",
           flush=True)

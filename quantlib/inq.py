@@ -1,76 +1,28 @@
-"""Incremental Network Quantization as a TrainerCallback, and the per-stage LR schedule.
+"""Incremental Network Quantization (Zhou et al., ICLR 2017, arXiv:1702.03044) as a stage
+callback (quantlib.stages.StageCallback).
 
-Training is one HF Trainer run split into stages (an optional FP32 fine-tune, then one stage per
-accumulated fraction). At the first step of a stage the controller freezes the next partition:
-of the weights still in full precision, the largest-magnitude ones (or random ones) until the
-frozen fraction reaches the stage's fraction, replacing them by their quantized value. Frozen
+Training is one HF Trainer run split into stages (quantlib.stages.TrainingStage: an optional
+FP32 fine-tune, then one stage per accumulated fraction). At the first step of a stage the
+controller freezes the next partition: of the weights still in full precision, the
+largest-magnitude ones (or random ones) until the frozen fraction reaches the stage's fraction,
+replacing them by their quantized value. Frozen
 weights never move: their gradient is masked in backward (so Adam moments stay clean) and the
 optimizer's update is undone after every step (so weight decay and old moments cannot move them
-either). The learning-rate schedule restarts (warmup + linear decay) at every stage.
+either). The learning-rate schedule restarts (warmup + linear decay) at every stage
+(quantlib.stages.staged_lr_lambda).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from quantlib.configs import INQConfig, LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
 from quantlib.model_size import Code
 from quantlib.quantizers import Quantizer, make_quantizer, max_levels
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    epochs: float
-    fraction: float | None  # None: plain FP32 training, nothing frozen at its start
-
-
-def stage_starts(max_steps: int, epochs: list[float]) -> list[int]:
-    """First optimizer step of every stage, proportional to the stages' epochs."""
-    total = sum(epochs)
-    if total <= 0:
-        return [0] * len(epochs)
-    starts, acc = [], 0.0
-    for e in epochs:
-        starts.append(round(max_steps * acc / total))
-        acc += e
-    return starts
-
-
-def staged_lr_lambda(starts: list[int], max_steps: int, warmup_ratio: float):
-    """LR factor per step: linear warmup then linear decay to 0, restarted at each stage."""
-    bounds = [*starts, max_steps]
-
-    def factor(step: int) -> float:
-        k = max(i for i in range(len(starts)) if starts[i] <= step or i == 0)
-        begin, end = bounds[k], bounds[k + 1]
-        while end <= begin and k + 1 < len(starts):  # skip empty stages
-            k += 1
-            begin, end = bounds[k], bounds[k + 1]
-        length = max(1, end - begin)
-        local = step - begin
-        warm = int(math.ceil(warmup_ratio * length))
-        if local < warm:
-            return local / max(1, warm)
-        return max(0.0, (length - local) / max(1, length - warm))
-
-    return factor
-
-
-def select_weights(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Parameter]:
-    """The weights of nn.Linear modules whose qualified name matches a pattern."""
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            out[f"{name}.weight"] = module.weight
-    return out
+from quantlib.stages import NO_LINEAR, StageCallback, TrainingStage, stage_starts
 
 
 def quantizer_for(cfg: INQConfig) -> tuple[str, dict]:
@@ -83,11 +35,11 @@ def quantizer_for(cfg: INQConfig) -> tuple[str, dict]:
     raise TypeError(f"no quantizer for {type(cfg).__name__}")
 
 
-class INQController(TrainerCallback):
-    def __init__(self, weights: dict[str, nn.Parameter], cfg: INQConfig, stages: list[Stage],
-                 seed: int = 0):
+class INQController(StageCallback):
+    def __init__(self, weights: dict[str, nn.Parameter], cfg: INQConfig,
+                 stages: list[TrainingStage], seed: int = 0):
         if not weights:
-            raise ValueError("quantize_modules matches no nn.Linear module of the model")
+            raise ValueError(NO_LINEAR)
         self.cfg = cfg
         self.mode, self.qkw = quantizer_for(cfg)
         self.weights = weights

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import signal
 
-REQUEUE = 75  # exit status: stopped at a checkpoint, run me again (EX_TEMPFAIL)
+REQUEUE = 75  # a job's exit status: stopped at a checkpoint, run me again (EX_TEMPFAIL)
+MAX_REQUEUES = 3  # a job's requeues unless resources.max_requeues says (submitit's max_num_timeout)
 
 
 class Preempted(Exception):

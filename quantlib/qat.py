@@ -1,4 +1,4 @@
-"""The switch into quantization-aware training, as a TrainerCallback.
+"""The switch into quantization-aware training, as a stage callback (quantlib.stages).
 
 A QAT job is one HF Trainer run: an optional FP32 fine-tuning stage, then the quantized stage.
 At the first step of the quantized stage the callback (1) snapshots the FP model as the teacher
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, TrainerCallback
+from transformers import DataCollatorWithPadding
 
 from quantlib.distill import Distiller, frozen_copy
 from quantlib.fake_quant import TensorQuantizer
-from quantlib.inq import stage_starts
-from quantlib.qplans import check_calibrated, enable
+from quantlib.quantize_model import check_calibrated, enable
+from quantlib.stages import StageCallback, stage_starts
 
 TEACHER_FILE = "teacher.pt"
 RECORD_FILE = "quant_start.json"
@@ -39,7 +39,7 @@ def calibration_batches(ctx, n: int) -> Iterable[dict]:
     return itertools.islice(loader, n)
 
 
-class QuantStart(TrainerCallback):
+class QuantStart(StageCallback):
     def __init__(self, model: nn.Module, stage_epochs: list[float], stage_index: int,
                  quantizers: list[TensorQuantizer], *,
                  calibrate: Callable[[], dict] | None = None,

@@ -1,4 +1,7 @@
-"""Weight quantizers, vectorised over whole tensors (methods.md: INQ lin / p2, AMQ).
+"""Weight quantizers, vectorised over whole tensors: INQ's linear and power-of-two levels (Zhou
+et al. 2017, "Incremental Network Quantization", arXiv:1702.03044) and alternating
+multi-bit quantization (Xu et al. 2018, "Alternating Multi-bit Quantization for Recurrent
+Neural Networks", arXiv:1802.00150).
 
 Each quantizer is fitted once to a weight tensor (`fit`: scale or level set, per tensor or per
 output row) and then projects any tensor of that shape onto its levels (`project`). INQ fits at

@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 import torch
 
-from quantlib import qplans
+from quantlib import quantize_model
 from quantlib.best_epoch import BestEpoch
 from quantlib.configs import (
     DistillQuantConfig,
     DistilSquadConfig,
     FP32Config,
+    GPTQConfig,
     INQConfig,
     MethodConfig,
     PruneOFAConfig,
@@ -27,7 +28,7 @@ from quantlib.configs import (
     SparseConfig,
 )
 from quantlib.distill import Distiller, frozen_copy
-from quantlib.inq import INQController, Stage, select_weights
+from quantlib.inq import INQController
 from quantlib.qat import QuantStart, calibration_batches
 from quantlib.sparsity import (
     PatternLock,
@@ -38,6 +39,7 @@ from quantlib.sparsity import (
     nonzero_masks,
     sparsity_of,
 )
+from quantlib.stages import StageCallback, TrainingStage, select_weights
 from quantlib.trainer import JobContext, StagedTrainer, evaluate, load_teacher, train_stages
 
 Recipe = Callable[[JobContext, MethodConfig], StagedTrainer]
@@ -59,8 +61,10 @@ def recipe_for(config: MethodConfig) -> Recipe:
     raise KeyError(f"no recipe registered for {type(config).__name__}")
 
 
-def finetune_stage(ctx: JobContext) -> list[Stage]:
-    return [Stage("finetune", ctx.args.finetune_epochs, None)] if ctx.needs_finetune else []
+def finetune_stage(ctx: JobContext) -> list[TrainingStage]:
+    if not ctx.needs_finetune:
+        return []
+    return [TrainingStage("finetune", ctx.args.finetune_epochs, None)]
 
 
 @register(FP32Config)
@@ -71,7 +75,8 @@ def fp32(ctx: JobContext, cfg: FP32Config) -> StagedTrainer:
 @register(INQConfig)
 def inq(ctx: JobContext, cfg: INQConfig) -> StagedTrainer:
     stages = finetune_stage(ctx) + [
-        Stage(f"inq{f:g}", cfg.epochs_per_stage if f < 1.0 else 0.0, f) for f in cfg.inq_steps]
+        TrainingStage(f"inq{f:g}", cfg.epochs_per_stage if f < 1.0 else 0.0, f)
+        for f in cfg.inq_steps]
     weights = select_weights(ctx.model, ctx.args.quantize_modules)
     controller = INQController(weights, cfg, stages, seed=ctx.args.seed)
     trainer = train_stages(ctx, [s.epochs for s in stages], [controller])
@@ -94,12 +99,12 @@ def _qat_stages(ctx: JobContext, epochs: float) -> list[float]:
 
 @register(Q8BertConfig)
 def q8bert(ctx: JobContext, cfg: Q8BertConfig) -> StagedTrainer:
-    now, head = qplans.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
+    now, head = quantize_model.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
     epochs = _qat_stages(ctx, cfg.qat_epochs)
     switch = QuantStart(ctx.model, epochs, len(epochs) - 1, now,
                         delayed=(cfg.head_start_step, head))
     trainer = train_stages(ctx, epochs, [switch])
-    ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste,
+    ctx.info.update(quantize_model.summary(ctx.model), ste=cfg.ste,
                     integer_inference=cfg.integer_inference,
                     head_quantized=switch.head_quantized)
     return trainer
@@ -107,31 +112,49 @@ def q8bert(ctx: JobContext, cfg: Q8BertConfig) -> StagedTrainer:
 
 def _calibrator(ctx: JobContext, cfg: PTQConfig):
     def run() -> dict:
-        seen = qplans.calibrate(ctx.model, calibration_batches(ctx, cfg.num_calib_batch))
-        fused = qplans.fuse_qkv(ctx.model) if cfg.quant_mode in ("ft2", "ft3") else 0
+        seen = quantize_model.calibrate(ctx.model, calibration_batches(ctx, cfg.num_calib_batch))
+        fused = quantize_model.fuse_qkv(ctx.model) if cfg.quant_mode in ("ft2", "ft3") else 0
         return {"calib_batches": seen, "qkv_fused": fused}
 
     return run
 
 
 def _ft_info(ctx: JobContext, cfg: PTQConfig) -> None:
-    ctx.info.update(qplans.summary(ctx.model), calibrator=cfg.calibrator,
+    ctx.info.update(quantize_model.summary(ctx.model), calibrator=cfg.calibrator,
                     quant_mode=cfg.quant_mode,
-                    weight_granularity=qplans.weight_granularity(cfg))
+                    weight_granularity=quantize_model.weight_granularity(cfg))
 
 
 @register(PTQConfig)
 def ptq(ctx: JobContext, cfg: PTQConfig) -> StagedTrainer:
     trainer = train_stages(ctx, [s.epochs for s in finetune_stage(ctx)], [])
-    qplans.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
+    quantize_model.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
     before = {k: v.detach().clone() for k, v in ctx.model.named_parameters()}
     ctx.info.update(_calibrator(ctx, cfg)())
-    qs = list(qplans.quantizers(ctx.model).values())
-    qplans.check_calibrated(qs)
-    qplans.enable(qs)
+    qs = list(quantize_model.quantizers(ctx.model).values())
+    quantize_model.check_calibrated(qs)
+    quantize_model.enable(qs)
     if any(not torch.equal(before[k], p) for k, p in ctx.model.named_parameters()):
         raise RuntimeError("calibration changed a weight")
     _ft_info(ctx, cfg)
+    return trainer
+
+
+@register(GPTQConfig)
+def gptq(ctx: JobContext, cfg: GPTQConfig) -> StagedTrainer:
+    """Fine-tune (when the checkpoint is not fine-tuned yet), then GPTQ from the first
+    num_calib_batch batches of a seeded shuffle of the training set."""
+    from quantlib.gptq import quantize_layers
+
+    trainer = train_stages(ctx, [s.epochs for s in finetune_stage(ctx)], [])
+    batches = list(calibration_batches(ctx, cfg.num_calib_batch))
+    codes, info, ctx.grids = quantize_layers(
+        ctx.model, batches, ctx.args.quantize_modules, cfg.nbits, group_size=cfg.group_size,
+        act_order=cfg.act_order, damp=cfg.damp, block_size=cfg.block_size, sym=cfg.sym)
+    ctx.codes.update(codes)
+    ctx.info.update(info, calib_batches=len(batches), gptq_group_size=cfg.group_size,
+                    gptq_act_order=cfg.act_order, gptq_damp=cfg.damp,
+                    gptq_block_size=cfg.block_size, gptq_sym=cfg.sym)
     return trainer
 
 
@@ -139,9 +162,9 @@ def ptq(ctx: JobContext, cfg: PTQConfig) -> StagedTrainer:
 def qat(ctx: JobContext, cfg: QATConfig) -> StagedTrainer:
     """QAT from the calibrated model (qat-kd: with the FP model as teacher). A checkpoint saved
     by a PTQ job with the same plan (a previous stage) gives its calibration instead."""
-    qplans.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
-    qs = list(qplans.quantizers(ctx.model).values())
-    calibration = qplans.load_calibration(ctx.model, ctx.args.model_name_or_path, cfg)
+    quantize_model.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
+    qs = list(quantize_model.quantizers(ctx.model).values())
+    calibration = quantize_model.load_calibration(ctx.model, ctx.args.model_name_or_path, cfg)
     ctx.info["calibration"] = calibration
     calibrate = None if calibration.startswith("loaded") else _calibrator(ctx, cfg)
     epochs = _qat_stages(ctx, cfg.qat_epochs)
@@ -162,12 +185,12 @@ def qat(ctx: JobContext, cfg: QATConfig) -> StagedTrainer:
 @register(DistillQuantConfig)
 def distill_quant(ctx: JobContext, cfg: DistillQuantConfig) -> StagedTrainer:
     ctx.model.set_attn_implementation("eager")  # attention probabilities for the loss
-    qs = qplans.install_distill_quant(ctx.model, cfg, ctx.args.quantize_modules)
+    qs = quantize_model.install_distill_quant(ctx.model, cfg, ctx.args.quantize_modules)
     epochs = _qat_stages(ctx, cfg.qat_epochs)
     distiller = Distiller(cfg, ctx.task.is_regression)
     switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs, distiller=distiller)
     trainer = train_stages(ctx, epochs, [switch], distiller)
-    ctx.info.update(qplans.summary(ctx.model), kd_loss=distiller.name)
+    ctx.info.update(quantize_model.summary(ctx.model), kd_loss=distiller.name)
     return trainer
 
 
@@ -203,10 +226,10 @@ def sparse(ctx: JobContext, cfg: SparseConfig) -> StagedTrainer:
     ft = [s.epochs for s in finetune_stage(ctx)]
     epochs = ft + [cfg.sparse_epochs] + ([cfg.qat_epochs] if cfg.qat else [])
     lock = PatternLock(locked, make, epochs, len(ft))
-    callbacks: list = [lock]
+    callbacks: list[StageCallback] = [lock]
     if cfg.qat:
-        qplans.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
-        qs = list(qplans.quantizers(ctx.model).values())
+        quantize_model.install_ft(ctx.model, cfg, ctx.args.quantize_modules)
+        qs = list(quantize_model.quantizers(ctx.model).values())
         switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs,
                             calibrate=_calibrator(ctx, cfg))
         callbacks.append(switch)
@@ -234,10 +257,10 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
     distiller = Distiller(cfg, ctx.task.is_regression, ctx.tokenizer.sep_token_id)
     teacher = frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))
     distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
-    callbacks: list = [lock]
+    callbacks: list[StageCallback] = [lock]
     switch = None
     if cfg.qat:
-        now, head = qplans.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
+        now, head = quantize_model.install_q8bert(ctx.model, cfg, ctx.args.quantize_modules)
         switch = QuantStart(ctx.model, [cfg.epochs], 0, now, delayed=(cfg.head_start_step, head))
         callbacks.append(switch)
     best = BestEpoch(ctx, evaluate) if cfg.keep_best else None
@@ -253,7 +276,7 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
     ctx.info.update(kd_loss=distiller.name, pruned_sparsity=sparsity_of(weights),
                     sparsity_pattern="locked (checkpoint)")
     if switch is not None:
-        ctx.info.update(qplans.summary(ctx.model), ste=cfg.ste,
+        ctx.info.update(quantize_model.summary(ctx.model), ste=cfg.ste,
                         integer_inference=cfg.integer_inference,
                         head_quantized=switch.head_quantized)
     return trainer

@@ -1,5 +1,6 @@
 """Sparsity: masks (unstructured magnitude, 2:4 as NVIDIA ASP's m4n2_1d, the pattern of a
-pre-sparsified checkpoint) and PatternLock, the TrainerCallback that keeps them through training.
+pre-sparsified checkpoint) and PatternLock, the stage callback (quantlib.stages) that keeps them
+through training.
 
 PatternLock, as ASP does it, masks every locked weight's gradient just before each optimizer
 step and the weight itself just after it (AdamW's decoupled weight decay and momentum would
@@ -16,9 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
-from quantlib.inq import stage_starts
+from quantlib.stages import StageCallback, stage_starts
 
 MASKS_FILE = "masks.pt"
 # the 6 ways of keeping 2 of 4, in a fixed order (ties go to the first)
@@ -95,7 +95,7 @@ def is_24(w: torch.Tensor) -> bool:
     return bool(((w.detach().reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
 
 
-class PatternLock(TrainerCallback):
+class PatternLock(StageCallback):
     """From the first step of stage `stage_index` on (0: from the start), `make_masks()` fixes
     the masks and the weights keep them: pruned at once, gradients and weights masked at every
     step. Stages are given in epochs, like the other stage callbacks."""

@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from quantlib import metrics, preemption, squad, squad_metrics
 from quantlib.configs import MethodConfig, TrainArgs
 from quantlib.data import load_glue
-from quantlib.inq import stage_starts, staged_lr_lambda
+from quantlib.stages import StageCallback, stage_starts, staged_lr_lambda
 from quantlib.tasks import TASKS, Task
 
 log = logging.getLogger("quantlib")
@@ -54,6 +54,9 @@ class JobContext:
     codes: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None  # the job id: the training curves' run name (report_to)
     sparse: dict[str, str] = field(default_factory=dict)
+    # weights quantized on a grid a packed export can store as is (GPTQ: name ->
+    # quantlib.gptq.Result, its integer codes, scales and zero points)
+    grids: dict[str, Any] = field(default_factory=dict)
 
 
 def is_finetuned(config: Any, task: Task) -> bool:
@@ -235,13 +238,12 @@ def _any_rank_requested(device: Any) -> bool:
 
 
 def train_stages(ctx: JobContext, stage_epochs: list[float],
-                 callbacks: list[TrainerCallback], distiller: Any = None) -> StagedTrainer:
+                 callbacks: list[StageCallback], distiller: Any = None) -> StagedTrainer:
     """Train through the stages (skipped when they add up to no epochs), resuming from the
     job's last checkpoint if a previous run of it was preempted."""
     trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()], distiller)
     for cb in callbacks:  # callbacks that evaluate need the trainer
-        if hasattr(cb, "bind"):
-            cb.bind(trainer)
+        cb.bind(trainer)
     if sum(stage_epochs) <= 0:
         return trainer
     ckpt_dir = ctx.out_dir / "checkpoints"
@@ -249,9 +251,8 @@ def train_stages(ctx: JobContext, stage_epochs: list[float],
     if last:
         log.info("resuming from %s", last)
         ctx.info["resumed_from_step"] = int(last.rsplit("-", 1)[-1])
-        for cb in callbacks:
-            if hasattr(cb, "load_checkpoint"):
-                cb.load_checkpoint(last)
+        for cb in callbacks:  # their own state, saved beside the Trainer's in on_save
+            cb.load_checkpoint(last)
     result = trainer.train(resume_from_checkpoint=last)
     if preemption.REQUEST.requested:
         raise preemption.Preempted(trainer.state.global_step, preemption.REQUEST.signal_name)
@@ -265,7 +266,7 @@ def train_stages(ctx: JobContext, stage_epochs: list[float],
 
 def evaluate_qa(trainer: Trainer, ctx: JobContext) -> dict[str, float]:
     """EM and F1 as evaluate-v1.1.py (0-100); the answers go to predictions.json."""
-    from jobs.atomic import write_json
+    from quantlib.atomic import write_json
 
     features = ctx.evals["validation"]
     examples = ctx.eval_examples["validation"]

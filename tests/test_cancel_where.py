@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from conftest import sweep_cli, write_spec
 
-from jobs.errors import UserError
 from jobs.grid import expand, matches
 from jobs.ledger import Ledger
-from jobs.manage import parse_where
+from jobs.running import parse_where
 from jobs.spec import load_spec
+from quantlib.errors import UserError
 
 CONFIG = {"task": "mrpc", "method": "fp32", "finetune_epochs": 200.0, "fp16": True, "seed": 3}
 

@@ -11,7 +11,7 @@ import openpyxl
 import pytest
 from conftest import sweep_cli
 
-from analysis.measurements import ROWS
+from analysis.blocks import ROWS
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "measurements.xlsx"
 needs_seed = pytest.mark.skipif(not SEED.is_file(), reason=f"no seed spreadsheet at {SEED}")
@@ -237,7 +237,8 @@ def test_staged_runs_get_blocks_by_stage_and_by_their_first_stage_ancestor(tmp_p
         write_job(root, f"qat{i}", {
             "task": "squad", "method": "pruneofa", "model_name_or_path":
             str(parents[start] / "model"), "stage": "qat", "epochs": 3.0, "qat": True,
-            "nbits": 8, "after": f"id{i}"}, {"eval_exact_match": em, "eval_f1": em + 10})
+            "nbits": 8, "after": f"id{i}", "upstream_dir": str(parents[start])},
+            {"eval_exact_match": em, "eval_f1": em + 10})
     out = tmp_path / "r.xlsx"
     proc = sweep_cli("collect", str(root), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -263,3 +264,4 @@ def test_staged_runs_get_blocks_by_stage_and_by_their_first_stage_ancestor(tmp_p
     runs = openpyxl.load_workbook(out)["runs"]
     header = [c.value for c in runs[1]]
     assert "sparsity" in header and "eval_exact_match" in header
+    assert "upstream_dir" not in header  # the launcher's bookkeeping (quantlib.jobdir.RUN_KEYS)

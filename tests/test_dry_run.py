@@ -30,7 +30,7 @@ def test_inq_mrpc_lsf_dry_run(tmp_path):
     logs = tmp_path / "runs/inq_mrpc/logs"
     for line in ('#BSUB -J "inq_mrpc[1-24]"', f"#BSUB -o {logs}/%J_%I.out",
                  f"#BSUB -e {logs}/%J_%I.err", "#BSUB -W 4:00", "#BSUB -n 1",
-                 '#BSUB -R "span[hosts=1]"', '#BSUB -R "rusage[mem=8164MB,ngpus_excl_p=1]"'):
+                 '#BSUB -R "rusage[mem=8164,ngpus_excl_p=1] span[hosts=1]"', "#BSUB -M 8164"):
         assert line in text.splitlines(), line
     assert "-gpu" not in text  # this site asks for GPUs through rusage
     # every array element maps to its own config, which the entry point reads
@@ -58,7 +58,7 @@ def test_array_element_runs_its_own_job(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     job_id, *cmd = out.stdout.split("\n")[-2].split()
-    assert cmd[:2] == ["-m", "quantlib.run"]
+    assert cmd[:2] == ["-m", "jobs.runtime"]
     config = json.loads(open(cmd[2]).read())
     assert (config["method"], config["nbits"], config["job_id"]) == ("p2", 2, job_id)
     bad = subprocess.run(["bash", str(script)], env={"LSB_JOBINDEX": "25"},
@@ -82,7 +82,8 @@ resources:
 """)
     proc = sweep_cli("launch", str(spec), "--backend", "slurm", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1].strip() == "sbatch runs/sl/scripts/slurm_array_1.sh"
+    assert proc.stdout.splitlines()[-1].strip() == \
+        "sbatch --parsable runs/sl/scripts/slurm_array_1.sh"  # exactly what launch runs
     lines = (tmp_path / "runs/sl/scripts/slurm_array_1.sh").read_text().splitlines()
     for want in ("#SBATCH --array=0-5%4", "#SBATCH --time=01:30:00", "#SBATCH --mem=32768M",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
@@ -105,7 +106,9 @@ resources: {gpus: 1, queue: "gpu.4h", mem: 2000, cpus: 4, lsf: {mem_per: core}}
     first, second = (s.read_text() for s in scripts)
     assert '#BSUB -J "big.1[1-1000]"' in first and '#BSUB -J "big.2[1-40]"' in second
     assert '#BSUB -gpu "num=1:mode=exclusive_process"' in first
-    assert '#BSUB -R "rusage[mem=500MB]"' in first  # per core: 2000 MB over 4 cores
+    assert '#BSUB -R "rusage[mem=500] span[hosts=1]"' in first  # per core: 2000 MB / 4 cores
+    assert "#BSUB -M 2000" in first  # the job's limit
+    assert "LSF: dialect lsf10 (no answer from lsid" in proc.stdout  # said, not guessed quietly
     assert "#BSUB -q gpu.4h" in first
 
 

@@ -17,7 +17,7 @@ from conftest import sweep_cli
 from analysis.formats import metric_name
 from analysis.naming import compile_pattern, method_name, task_name
 from analysis.results import find_runs
-from jobs.errors import UserError
+from quantlib.errors import UserError
 from quantlib.squad_metrics import evaluate
 
 

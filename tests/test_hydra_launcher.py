@@ -38,3 +38,11 @@ def test_a_multirun_is_one_lsf_array(tmp_path):
     assert [r["square"] for r in results] == [4, 9, 16]
     assert {r["lsf_job"] for r in results} == {job["jobid"]}
     assert sorted(r["lsf_index"] for r in results) == ["1", "2", "3"]
+
+
+def test_the_launcher_has_every_lsf_option_with_the_spec_s_default():
+    from hydra_plugins.quantsweep_lsf_launcher.config import LsfQueueConf
+    from jobs.lsf.lsf import LSF_OPTIONS
+
+    conf = LsfQueueConf()
+    assert {k: getattr(conf, k, "missing") for k in LSF_OPTIONS} == LSF_OPTIONS

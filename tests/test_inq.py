@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from quantlib.configs import LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
-from quantlib.inq import INQController, Stage, select_weights, stage_starts, staged_lr_lambda
+from quantlib.inq import INQController
 from quantlib.quantizers import make_quantizer
+from quantlib.stages import TrainingStage, select_weights, stage_starts, staged_lr_lambda
 
 STEPS = (0.5, 0.75, 0.875, 1.0)
 
@@ -27,7 +28,7 @@ class Net(nn.Module):
 def controller(cfg, net=None, strategy_seed=0):
     net = net or Net()
     weights = select_weights(net, ("encoder.*",))
-    stages = [Stage(f"inq{f}", 1.0, f) for f in cfg.inq_steps]
+    stages = [TrainingStage(f"inq{f}", 1.0, f) for f in cfg.inq_steps]
     return net, INQController(weights, cfg, stages, seed=strategy_seed)
 
 

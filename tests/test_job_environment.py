@@ -12,7 +12,6 @@ from pathlib import Path
 
 from conftest import sweep_cli, write_spec
 
-from jobs.cluster import executor_parameters
 from jobs.scripts import env_lines
 from jobs.spec import load_spec
 
@@ -61,9 +60,10 @@ def test_the_exports_reach_the_job(tmp_path):
     assert env["N"] == "3" and env["FROM_SETUP"] == "1" and env["HF_HUB_OFFLINE"] == "1"
 
 
-def test_submitted_scripts_carry_them(tmp_path, monkeypatch):
-    """What `launch` submits to LSF: our plugin's bsub script, from the same lines as the dry
-    run (SLURM gets the dry run's scripts themselves: jobs.slurm)."""
+def test_the_submitit_plugin_runs_the_same_lines_first(tmp_path, monkeypatch):
+    """`launch --backend lsf` submits the dry run's scripts themselves (compared with what
+    volclava received in tests/test_cluster_sweeps.py); the submitit plugin, given the same
+    lines as its shell_setup, runs them before its command."""
     from jobs.lsf import LsfExecutor
 
     spec = load_spec(write_spec(tmp_path, SPEC))
@@ -72,8 +72,7 @@ def test_submitted_scripts_carry_them(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'lsf_standin' / 'bin'}:"
                                f"{os.environ['PATH']}")
     lsf = LsfExecutor(folder=tmp_path / "l")
-    lsf.update_parameters(**{k: v for k, v in executor_parameters(
-        "lsf", "envs", spec.resources, setup).items() if v is not None})
+    lsf.update_parameters(shell_setup=setup, dialect="openlava", jobname="envs")
     lines = lsf._make_submission_file_text("echo run", "uid").splitlines()
     start = lines.index(EXPECTED[0])
     assert lines[start:start + len(EXPECTED) + 1] == EXPECTED + [setup[-1]]

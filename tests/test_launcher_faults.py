@@ -96,7 +96,7 @@ def test_a_killed_launcher_s_jobs_are_adopted_not_run_twice(tmp_path, tiny_model
         assert entry["state"] == "completed", entry
         log = Path(entry["log"]).read_text()
         assert log.count("quantsweep: job ") == 1, log  # started once, by the first launcher
-        assert log.count("quantlib.run: completed") == 1, log
+        assert log.count("jobs.runtime: completed") == 1, log
     assert sorted(e["pid"] for e in jobs.values() if e.get("pid")) == []  # all finished
     assert "adopted" in again.stderr
     assert [r[5] for r in status_rows(tmp_path).values()] == ["completed", "completed"]
@@ -108,10 +108,10 @@ def test_a_second_run_of_a_running_job_is_refused(tmp_path, tiny_model, demo_tas
     config = sorted((tmp_path / "runs/faults/configs").glob("*.json"))[0]
     out_dir = Path(json.loads(config.read_text())["output_dir"])
     out_dir.mkdir(parents=True)
-    from quantlib.run import _job_lock
+    from jobs.runtime import _job_lock
 
     with _job_lock(out_dir):  # this process runs the job
-        second = subprocess.run([sys.executable, "-m", "quantlib.run", str(config)],
+        second = subprocess.run([sys.executable, "-m", "jobs.runtime", str(config)],
                                 capture_output=True, text=True, timeout=120)
     assert second.returncode == 3, second.stderr
     assert "already running there (pid" in second.stderr

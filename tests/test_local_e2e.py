@@ -79,7 +79,7 @@ def test_first_launch_runs_every_job(sweep):
         results = json.loads((out / "eval_results.json").read_text())
         assert 0.0 <= results["eval_accuracy"] <= 1.0
         assert (out / "eval_results.txt").read_text().startswith("acc = ")
-        assert Path(e["log"]).read_text().count("quantlib.run: completed") == 1
+        assert Path(e["log"]).read_text().count("jobs.runtime: completed") == 1
 
 
 def test_quantized_jobs_are_fully_quantized(sweep):

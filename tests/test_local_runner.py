@@ -7,9 +7,9 @@ from pathlib import Path
 
 from conftest import write_spec
 
+from jobs.backends.local import LocalRun, visible_gpus
 from jobs.grid import expand
 from jobs.ledger import Ledger
-from jobs.local import LocalRun, visible_gpus
 from jobs.spec import load_spec
 
 JOB = """#!/usr/bin/env bash

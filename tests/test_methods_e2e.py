@@ -43,7 +43,7 @@ base:
 def finetuned(tmp_path_factory):
     """A tiny BERT fine-tuned in FP32 on the demo task, saved like a hub checkpoint."""
     from quantlib.demo import write_glue_tsv, write_model
-    from quantlib.run import run_job
+    from quantlib.job import run_job
 
     root = tmp_path_factory.mktemp("finetuned")
     data = write_glue_tsv(root / "SST-2", n_train=3000, n_dev=300, seed=0)

@@ -58,7 +58,7 @@ def config(tmp_path: Path, name: str, model: Path, data: Path, method: str = "li
 
 
 def run(path: Path, signal_after_step: int | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "quantlib.run", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.runtime", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     if signal_after_step is not None:

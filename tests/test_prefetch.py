@@ -18,10 +18,10 @@ import sys
 import pytest
 from conftest import REPO, write_spec
 
-from jobs.errors import SpecError
 from jobs.grid import expand
 from jobs.ledger import Ledger
 from jobs.spec import load_spec
+from quantlib.errors import SpecError
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 REPO_ID = "quantsweep-test/tiny-bert"

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, TrainerControl, Tra
 
 from quantlib.configs import Q8BertConfig
 from quantlib.qat import QuantStart
-from quantlib.qplans import install_q8bert
+from quantlib.quantize_model import install_q8bert
 
 ENCODER = ("*encoder.layer.*",)
 

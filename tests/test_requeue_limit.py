@@ -9,9 +9,9 @@ import pytest
 from conftest import write_spec
 
 from jobs.resources import Resources, parse_resources
+from jobs.runtime import _count_requeue
 from jobs.spec import SpecError
-from quantlib.outputs import read_status, write_status
-from quantlib.run import _count_requeue
+from quantlib.jobdir import read_status, write_status
 
 
 def preempted_at(out, step: int) -> None:

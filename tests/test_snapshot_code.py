@@ -52,16 +52,16 @@ def test_a_job_launched_from_the_checkout_runs_the_snapshot(tmp_path, tiny_model
 
 
 def test_the_setup_line_keeps_the_working_directory_off_sys_path(tmp_path):
-    """What the cluster scripts run first: from a directory holding a `quantlib` of its own,
-    `python -m quantlib.run` still imports the snapshot's."""
+    """What the cluster scripts run first: from a directory holding a `jobs` of its own,
+    `python -m jobs.runtime` still imports the snapshot's."""
     import subprocess
 
     snap, cwd = tmp_path / "snap", tmp_path / "checkout"
     for root, tag in ((snap, "snapshot"), (cwd, "checkout")):
-        (root / "quantlib").mkdir(parents=True)
-        (root / "quantlib" / "__init__.py").write_text("")
-        (root / "quantlib" / "run.py").write_text(f"print({tag!r})\n")
-    script = f"{pythonpath_line(snap)}\nexec {sys_executable()} -m quantlib.run\n"
+        (root / "jobs").mkdir(parents=True)
+        (root / "jobs" / "__init__.py").write_text("")
+        (root / "jobs" / "runtime.py").write_text(f"print({tag!r})\n")
+    script = f"{pythonpath_line(snap)}\nexec {sys_executable()} -m jobs.runtime\n"
     out = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert out.stdout.strip() == "snapshot", out.stderr

@@ -23,7 +23,7 @@ def test_scripts_run_the_snapshot_taken_at_launch(tmp_path):
     snaps = list((tmp_path / "runs/snap/snapshots").iterdir())
     assert len(snaps) == 1
     snap = snaps[0]
-    assert (snap / "quantlib/run.py").read_bytes() == (REPO / "quantlib/run.py").read_bytes()
+    assert (snap / "jobs/runtime.py").read_bytes() == (REPO / "jobs/runtime.py").read_bytes()
     assert (snap / "jobs/lsf/lsf.py").is_file() and (snap / "templates/_run.sh.j2").is_file()
     script = next((tmp_path / "runs/snap/scripts").glob("*.sh")).read_text()
     assert f"export PYTHONPATH={snap}" in script
@@ -31,11 +31,11 @@ def test_scripts_run_the_snapshot_taken_at_launch(tmp_path):
     assert sweep_cli("launch", str(spec), "--dry-run", cwd=tmp_path).returncode == 0
     assert list((tmp_path / "runs/snap/snapshots").iterdir()) == [snap]
     # the snapshot is what a job imports
-    code = "import quantlib.run; print(quantlib.run.__file__)"
+    code = "import jobs.runtime; print(jobs.runtime.__file__)"
     probe = subprocess.run([sys.executable, "-c", code],
                            env={**os.environ, "PYTHONPATH": str(snap)}, capture_output=True,
                            text=True, cwd=tmp_path)
-    assert probe.stdout.strip() == str(snap / "quantlib/run.py")
+    assert probe.stdout.strip() == str(snap / "jobs/runtime.py")
 
 
 def test_several_gpus_run_under_torchrun(tmp_path):
@@ -43,7 +43,7 @@ def test_several_gpus_run_under_torchrun(tmp_path):
     for backend in ("local", "lsf", "slurm"):
         assert sweep_cli("launch", str(spec), "--backend", backend, "--dry-run",
                          cwd=tmp_path).returncode == 0
-    for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):  # quantlib.run starts it
+    for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):  # jobs.runtime starts it
         assert "--nproc_per_node=2" in script.read_text(), script.name
     config = json.loads(next((tmp_path / "runs/snap/configs").glob("*.json")).read_text())
     assert config["nproc_per_node"] == 2
@@ -60,7 +60,7 @@ def test_ddp_job_on_two_cpu_processes(tmp_path, tiny_model, demo_task):
         cfg = tmp_path / f"c{n}.json"
         cfg.write_text(json.dumps({**base, "output_dir": str(tmp_path / f"out{n}"),
                                    "nproc_per_node": n}))
-        code = (f"from quantlib.run import run_config; import json; "
+        code = (f"from jobs.runtime import run_config; import json; "
                 f"print('RESULTS', json.dumps(run_config({str(cfg)!r})))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=300, cwd=tmp_path)
@@ -81,7 +81,7 @@ def _why(log: str, out: Path) -> str:
     except (OSError, ValueError):
         reason = None
     lines = log.splitlines()
-    errors = [x for x in lines if "Error" in x or "quantlib.run:" in x or "[rank0]" in x]
+    errors = [x for x in lines if "Error" in x or "jobs.runtime:" in x or "[rank0]" in x]
     return f"status reason: {reason}\n" + "\n".join(errors[:60]) + "\n...\n" + log[-1500:]
 
 
@@ -122,7 +122,7 @@ def test_ddp_job_checkpoints_on_the_warning_and_resumes(tmp_path, tiny_model, de
         cfg = tmp_path / f"{name}.json"
         out = tmp_path / name
         cfg.write_text(json.dumps({**base, "output_dir": str(out)}))
-        code = (f"import sys; from pathlib import Path; from quantlib.run import run_ddp; "
+        code = (f"import sys; from pathlib import Path; from jobs.runtime import run_ddp; "
                 f"sys.exit(run_ddp({str(cfg)!r}, 2, Path({str(out)!r})))")
         return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import sweep_cli, write_spec
 
-from jobs.errors import SpecError
 from jobs.grid import expand
 from jobs.spec import load_spec
+from quantlib.errors import SpecError
 
 GOOD = """
 name: s

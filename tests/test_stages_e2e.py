@@ -30,7 +30,7 @@ def assets(tmp_path_factory):
         write_model,
         write_squad_json,
     )
-    from quantlib.run import run_job
+    from quantlib.job import run_job
 
     root = tmp_path_factory.mktemp("assets")
     bert = write_model(root / "bert")  # SQuAD's question words come out as word pieces

@@ -1,15 +1,14 @@
 """The trainer on other task shapes: regression (STS-B), three classes + mismatched (MNLI),
-MCC (CoLA); the entry point's outputs and failure handling."""
+MCC (CoLA), through the job entry point (jobs.runtime)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import pytest
 from test_data import write_task
 
-from quantlib import run
+from jobs import runtime
 
 
 def job(tmp_path, tiny_model, task, glue_dir, method="fp32", **extra):
@@ -20,7 +19,7 @@ def job(tmp_path, tiny_model, task, glue_dir, method="fp32", **extra):
               **extra}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    assert run.main([str(path)]) == 0
+    assert runtime.main([str(path)]) == 0
     return json.loads((tmp_path / "out" / "eval_results.json").read_text())
 
 
@@ -47,30 +46,6 @@ def test_cola_mcc(tmp_path, tiny_model):
     results = job(tmp_path, tiny_model, "cola", "CoLA", method="p2", nbits=4)
     assert -1 <= results["eval_matthews_correlation"] <= 1
     assert (tmp_path / "out" / "eval_results.txt").read_text().startswith("mcc = ")
-
-
-def test_failure_is_recorded_with_its_reason(tmp_path, tiny_model):
-    config = {"task": "rte", "method": "lin", "nbits": 4, "model_name_or_path": str(tiny_model),
-              "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
-              "quantize_modules": ["no.such.module*"]}
-    write_task(tmp_path, "rte")
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    assert run.main([str(path)]) == 1
-    status = json.loads((tmp_path / "out" / "status.json").read_text())
-    assert status["state"] == "failed"
-    assert "quantize_modules matches no nn.Linear" in status["reason"]
-    assert not (tmp_path / "out" / "eval_results.json").exists()
-
-
-def test_unreadable_config(tmp_path, capsys):
-    assert run.main([str(tmp_path / "missing.json")]) == 2
-    assert "cannot read the job config" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv", [[], ["a", "b"]])
-def test_usage(argv):
-    assert run.main(argv) == 2
 
 
 def test_head_of_another_task_is_replaced_and_finetuned(tmp_path):

@@ -13,6 +13,10 @@ from typing import Any, List, Optional  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
 
+from jobs.resources import LsfOptions
+
+_LSF = LsfOptions()  # the spec's resources.lsf defaults: one definition
+
 GENERIC = ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes",
            "name", "stderr_to_stdout")
 
@@ -34,9 +38,12 @@ class LsfQueueConf:
     queue: Optional[str] = None  # noqa: UP045  # -q
     project: Optional[str] = None  # noqa: UP045  # -P
     array_limit: Optional[int] = None  # noqa: UP045  # -J "name[1-N]%array_limit"
-    warn_minutes: int = 0  # -wa USR2 -wt N: the warning before the run limit
-    gpu_syntax: str = "gpu"  # -gpu "num=N" | rusage[ngpus_excl_p=N]
-    mem_per: str = "host"  # rusage[mem=] per host or per core
+    warn_minutes: int = _LSF.warn_minutes  # -wa USR2 -wt N: the warning before the run limit
+    gpu_syntax: str = _LSF.gpu_syntax  # -gpu "num=N" | rusage[<gpu_resource>=N]
+    gpu_resource: str = _LSF.gpu_resource  # the site's GPU resource for gpu_syntax rusage
+    mem_per: str = _LSF.mem_per  # rusage[mem=] per host or per core
+    dialect: str = _LSF.dialect  # lsf10 | openlava | auto (lsid's first line)
+    mem_unit: Optional[str] = _LSF.mem_unit  # noqa: UP045  # KB|MB|GB|TB; default: lsf.conf's, else MB
     extra: List[str] = field(default_factory=list)  # noqa: UP006  # raw #BSUB option lines
     shell_setup: List[str] = field(default_factory=list)  # noqa: UP006  # shell lines before the job
     # submitit's: how many times a checkpointable job may requeue itself

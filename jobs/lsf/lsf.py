@@ -5,15 +5,20 @@ argument unless the site sets LSB_BSUB_PARSE_SCRIPT). Arrays are `-J "name[1-N]%
 numbers elements from 1, and so do the submitit jobs of an array here: job "123_4" is LSF's
 "123[4]", its log `<folder>/123_4_0_log.out` is LSF's `-o <folder>/%J_%I_0_log.out`.
 
-State: one `bjobs -a -o "jobid jobindex stat exit_code" -json` call for every id of interest,
-parsed even when bjobs exits non-zero (it does for unknown ids under
-LSB_BJOBS_CONSISTENT_EXIT_CODE=Y). Suspended jobs are running, not finished. Jobs that have aged
-out of bjobs (CLEAN_PERIOD) are resolved from the exit-code file the job script writes.
+LSF 10.1 and the OpenLava family alike: the options, the bjobs fields and the job script's
+wrapper are jobs.backends.lsf's, the ones `sweep launch --backend lsf` submits (the dialect from
+lsid, once per executor, or the `dialect` parameter).
+
+State: one `bjobs -a -o "jobid stat job_name" -json` call for every id of interest, parsed
+even when bjobs exits non-zero (it does for unknown ids under LSB_BJOBS_CONSISTENT_EXIT_CODE=Y);
+a bjobs that fails, hangs or answers "busy" teaches nothing: the last known state stays.
+Suspended jobs are running, not finished. Jobs that have aged out of bjobs (CLEAN_PERIOD) are
+resolved from the exit-code file the job script writes.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
 import shlex
@@ -28,20 +33,21 @@ from pathlib import Path
 
 from submitit.core import core, job_environment, logger, utils
 
+from jobs.backends.base import REQUEUE, NotAnswered, run_query
+from jobs.backends.lsf import (
+    FIELDS,
+    STATES,
+    begin_option,
+    bsub_options,
+    lsf_target,
+    read_bjobs,
+    site,
+)
 from jobs.resources import MAX_ARRAY, LsfOptions, Resources
-from quantlib.preemption import REQUEUE
+from quantlib.preemption import MAX_REQUEUES
 
-# LSF STAT -> the state names submitit understands (unfinished: PENDING, RUNNING, UNKNOWN, ...)
-STATES = {"PEND": "PENDING", "PROV": "PENDING", "WAIT": "PENDING", "PSUSP": "PENDING",
-          "RUN": "RUNNING", "USUSP": "RUNNING", "SSUSP": "RUNNING",
-          "DONE": "COMPLETED", "EXIT": "FAILED", "ZOMBI": "FAILED", "UNKWN": "UNKNOWN"}
 EXIT_CODE_FILE = "%j_exit_code"
-
-
-def lsf_target(job_id: str) -> str:
-    """submitit's "123_4" -> LSF's "123[4]"; "123" stays."""
-    main, _, index = job_id.partition("_")
-    return f"{main}[{index}]" if index else main
+__all__ = ["LsfExecutor", "LsfInfoWatcher", "LsfJob", "LsfJobEnvironment", "lsf_target"]
 
 
 class LsfInfoWatcher(core.InfoWatcher):
@@ -49,27 +55,27 @@ class LsfInfoWatcher(core.InfoWatcher):
         to_check = sorted({x.split("_")[0] for x in self._registered - self._finished})
         if not to_check:
             return None
-        return ["bjobs", "-a", "-o", "jobid jobindex stat exit_code", "-json", *to_check]
+        return ["bjobs", "-a", "-o", FIELDS, "-json", *to_check]
 
     def get_state(self, job_id: str, mode: str = "standard") -> str:
         return self.get_info(job_id, mode=mode).get("State") or "UNKNOWN"
 
     def update(self) -> None:
-        """As submitit's, but bjobs' output is read whatever its exit status."""
+        """As submitit's, but bjobs' output is read whatever its exit status, and a bjobs that
+        does not answer changes nothing (retried with backoff first: jobs.backends.base)."""
         command = self._make_command()
         if command is None:
             return
         self._num_calls += 1
         try:
-            proc = subprocess.run(command, capture_output=True, timeout=120, check=False)
-        except (OSError, subprocess.SubprocessError) as exc:
-            logger.get_logger().warning(f"bjobs failed ({exc}); job states may be stale")
+            info = run_query(command, accept_rc=(0, 255), parse=self.read_info)
+        except NotAnswered as exc:
+            logger.get_logger().warning(f"bjobs did not answer ({exc}); job states unchanged")
         else:
-            info = self.read_info(proc.stdout)
             asked = set(command[5:])
             for job_id in self._registered - self._finished:  # bjobs forgot it (CLEAN_PERIOD):
                 if job_id.split("_")[0] in asked and job_id not in info:  # not its last state
-                    info[job_id] = {"State": "UNKNOWN", "LsfState": "", "ExitCode": ""}
+                    info[job_id] = {"State": "UNKNOWN", "LsfState": ""}
             self._info_dict.update(info)
         self._last_status_check = time.time()
         for job_id in self._registered - self._finished:
@@ -77,21 +83,14 @@ class LsfInfoWatcher(core.InfoWatcher):
                 self._finished.add(job_id)
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        """bjobs' JSON -> {job id: {"State": ..., "LsfState": STAT}}; raises ValueError when the
+        output is not bjobs' JSON (submitit calls it on text of its own too: then {})."""
         if isinstance(string, bytes):
             string = string.decode(errors="replace")
-        try:
-            records = json.loads(string).get("RECORDS", [])
-        except (ValueError, AttributeError):
-            return {}
         out: dict[str, dict[str, str]] = {}
-        for r in records:
-            if "ERROR" in r or "JOBID" not in r:
-                continue
-            index = str(r.get("JOBINDEX") or "0")
-            key = r["JOBID"] if index == "0" else f"{r['JOBID']}_{index}"
-            stat = str(r.get("STAT", "UNKWN"))
-            out[key] = {"State": STATES.get(stat, "UNKNOWN"), "LsfState": stat,
-                        "ExitCode": str(r.get("EXIT_CODE", ""))}
+        for key, stat in read_bjobs(string).items():
+            if stat is not None:
+                out[key] = {"State": STATES.get(stat, "UNKNOWN"), "LsfState": stat}
         return out
 
 
@@ -256,7 +255,7 @@ class LsfExecutor(core.PicklingExecutor):
 
     job_class = LsfJob
 
-    def __init__(self, folder: str | Path, max_num_timeout: int = 3,
+    def __init__(self, folder: str | Path, max_num_timeout: int = MAX_REQUEUES,
                  max_pickle_size_gb: float = 1.0, python: str | None = None) -> None:
         super().__init__(folder, max_num_timeout=max_num_timeout,
                          max_pickle_size_gb=max_pickle_size_gb)
@@ -324,8 +323,9 @@ class LsfExecutor(core.PicklingExecutor):
         if len(delayed_submissions) == 1:
             return super()._internal_process_submissions(delayed_submissions)
         jobs: list[core.Job[tp.Any]] = []
-        for start in range(0, len(delayed_submissions), MAX_ARRAY):
-            jobs += self._submit_array(delayed_submissions[start:start + MAX_ARRAY])
+        size = array_size()
+        for start in range(0, len(delayed_submissions), size):
+            jobs += self._submit_array(delayed_submissions[start:start + size])
         return jobs
 
     def _submit_array(self, chunk: list[utils.DelayedSubmission]) -> list[core.Job[tp.Any]]:
@@ -348,10 +348,20 @@ class LsfExecutor(core.PicklingExecutor):
         return jobs
 
 
+def array_size() -> int:
+    """Elements per array: the site's MAX_JOB_ARRAY_SIZE (bparams -l), else MAX_ARRAY."""
+    from jobs.backends import get
+
+    return get("lsf").site_limits()[0] or MAX_ARRAY
+
+
+# the spec's resources.lsf options, with their defaults (one definition: jobs.resources)
+LSF_OPTIONS: dict[str, tp.Any] = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(LsfOptions)}
 _DEFAULTS: dict[str, tp.Any] = {
     "jobname": "submitit", "run_limit_min": 60, "cpus": 1, "mem_mb": 4096, "gpus": 0,
-    "queue": None, "project": None, "array_limit": None, "gpu_syntax": "gpu",
-    "gpu_resource": "ngpus_excl_p", "mem_per": "host", "warn_minutes": 0, "extra": [],
+    "queue": None, "project": None, "array_limit": None, **LSF_OPTIONS,
     "shell_setup": [], "map_count": None, "wait_done": None, "nodes": 1, "tasks_per_node": 1,
     "stderr_to_stdout": False,
 }
@@ -365,11 +375,13 @@ def _mem_in_mb(params: dict[str, tp.Any]) -> dict[str, tp.Any]:
 
 
 def _resources(params: dict[str, tp.Any]) -> Resources:
-    lsf = LsfOptions(gpu_syntax=params["gpu_syntax"], gpu_resource=params["gpu_resource"],
-                     mem_per=params["mem_per"], warn_minutes=params["warn_minutes"],
-                     extra=list(params["extra"]))
-    if lsf.gpu_syntax not in ("gpu", "rusage") or lsf.mem_per not in ("host", "core"):
-        raise ValueError(f"gpu_syntax must be gpu or rusage and mem_per host or core: {params}")
+    lsf = LsfOptions(**{k: list(params[k]) if isinstance(params[k], (list, tuple))
+                        else params[k] for k in LSF_OPTIONS})
+    if lsf.gpu_syntax not in ("gpu", "rusage") or lsf.mem_per not in ("host", "core") \
+            or lsf.dialect not in ("auto", "lsf10", "openlava") \
+            or lsf.mem_unit not in (None, "KB", "MB", "GB", "TB"):
+        raise ValueError("gpu_syntax must be gpu or rusage, mem_per host or core, dialect auto, "
+                         f"lsf10 or openlava, mem_unit KB, MB, GB or TB: {params}")
     return Resources(gpus=params["gpus"], cpus=params["cpus"], mem_mb=params["mem_mb"],
                      time_minutes=params["run_limit_min"], queue=params["queue"],
                      project=params["project"], array_parallelism=params["array_limit"],
@@ -398,46 +410,46 @@ def shell_folder(folder: str | Path, array: bool) -> str:
 
 def make_bsub_script(command: str, folder: str | Path, params: dict[str, tp.Any],
                      count: int | None = None) -> str:
-    """The script bsub reads on stdin. It sets the SUBMITIT_* variables explicitly (LSF copies
-    the submitter's environment) and writes the exit-code file that outlives bjobs' memory.
+    """The script bsub reads on stdin: the #BSUB options of the scheduler's dialect and the job
+    wrapper of every LSF job script (templates/_lsf_child.sh.j2: the command as the shell's
+    child, signals passed on, the exit-code file that outlives bjobs' memory). It sets the
+    SUBMITIT_* variables explicitly (LSF copies the submitter's environment).
 
-    The command runs as the shell's child and the shell waits for it: signals that reach the
-    shell (LSF's -wa warning action, bkill's SIGINT and SIGTERM) are passed on to it, and never
-    end the shell before the command has ended. Where LSF signals every process of the job the
-    command gets a signal twice, close together; its handlers take a repeat within seconds as
-    the same request (LsfJobEnvironment, quantlib.preemption)."""
-    from jobs.scripts import render_lsf_options  # jinja2, loaded only when submitting
+    A folder with a job id in it (submitit's %j) is made by LSF at the job's start where the
+    dialect has -outdir (10.1); on OpenLava the script makes it and sends its own output there,
+    LSF's job report going to the id-independent folder above it."""
+    from templates import render  # jinja2, loaded only when submitting
 
     array = bool(count)
+    res = _resources(params)
+    st = site(res)
     pattern = lsf_folder(folder, array)
     stem = "%J_%I" if array else "%J"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", params["jobname"])[:200] or "submitit"
-    options = render_lsf_options(
-        _resources(params), name, count, f"{pattern}/{stem}_0_log.out",
-        None if params["stderr_to_stdout"] else f"{pattern}/{stem}_0_log.err",
-        params["array_limit"])
-    extra = []
-    if pattern != str(Path(folder).absolute()):  # an id in the folder: LSF makes it at start
-        extra.append(f"#BSUB -outdir {shlex.quote(pattern)}")
-    if params.get("wait_done"):
-        extra.append(f'#BSUB -w "done({lsf_target(params["wait_done"])})"')
+    has_id = pattern != str(Path(folder).absolute())
     job_ref = '${LSB_JOBID}' + ('_${LSB_JOBINDEX}' if array else "")
-    exit_file = f'{shell_folder(folder, array)}/"{EXIT_CODE_FILE.replace("%j", job_ref)}"'
-    requeued = f'{shell_folder(folder, array)}/"{job_ref}_requeued"'
-    lines = ["#!/bin/bash", "", "# Parameters", options.rstrip("\n"), *extra, "",
-             "# setup", *params["shell_setup"], "",
-             "unset $(env | sed -n 's/^\\(SUBMITIT_[A-Z_]*\\)=.*/\\1/p')",
-             "export SUBMITIT_EXECUTOR=lsf", "",
-             f"rm -f {exit_file} {requeued}  # a requeued run starts afresh",
-             "# command: a child the shell waits for, passing on the signals that reach it",
-             f"{command} &",
-             "child=$!",
-             *[f"trap 'echo \"quantsweep: {sig} passed on to the job\" >&2; "
-               f"kill -{sig} \"$child\" 2>/dev/null' {sig}" for sig in ("USR2", "INT", "TERM")],
-             'wait "$child"; rc=$?',
-             'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done  # a trap ran',
-             f"# {REQUEUE} or the marker: the job requeued itself (brequeue) and runs again: no "
-             "exit code yet",
-             f'[ "$rc" = {REQUEUE} ] || [ -e {requeued} ] || echo "$rc" > {exit_file}',
-             'exit "$rc"', ""]
-    return "\n".join(lines)
+    own_output: list[str] = []
+    if has_id and st.openlava:
+        base = utils.JobPaths.get_first_id_independent_folder(folder).absolute()
+        out_path, err_path, outdir = f"{base}/{stem}_lsf.out", None, None
+        target = shell_folder(folder, array)
+        own_output = [f"mkdir -p {target}",
+                      f'exec >>{target}/"{job_ref}_0_log.out" '
+                      + ("2>&1" if params["stderr_to_stdout"]
+                         else f'2>>{target}/"{job_ref}_0_log.err"')]
+    else:
+        out_path = f"{pattern}/{stem}_0_log.out"
+        err_path = None if params["stderr_to_stdout"] else f"{pattern}/{stem}_0_log.err"
+        outdir = pattern if has_id else None
+    options = bsub_options(res, st, name, count, out_path, err_path, params["array_limit"],
+                           outdir=outdir)
+    if params.get("wait_done"):
+        options.append(f'-w "done({lsf_target(params["wait_done"])})"')
+        begin = begin_option(st)  # OpenLava family: see jobs.backends.lsf.dependent_begin
+        if begin:
+            options.append(begin)
+    return render(
+        "submitit_lsf.sh.j2", bsub=options, own_output=own_output,
+        setup=list(params["shell_setup"]), command=command, requeue_exit=REQUEUE,
+        exit_file=f'{shell_folder(folder, array)}/"{EXIT_CODE_FILE.replace("%j", job_ref)}"',
+        requeued=f'{shell_folder(folder, array)}/"{job_ref}_requeued"')

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""An LSF 10.1 stand-in for tests: bsub, bjobs, bkill, brequeue, bstop and bresume here.
+"""An LSF 10.1 stand-in for tests: bsub, bjobs, bhist, bkill, brequeue, bstop, bresume, lsid.
+
+It stays for what only LSF 10.1 has and volclava (tests/lsf/start.sh, the real LSF-family
+scheduler the other LSF tests run against) lacks: -wa/-wt, -gpu, -outdir, several -R, bjobs'
+JOBINDEX and EXIT_CODE fields, LSB_BJOBS_CONSISTENT_EXIT_CODE, signal scopes.
 
 Behaves as LSF documents where the backend depends on it:
 - bsub reads the job script from stdin and its #BSUB lines (-J "name[1-N]%P", -o/-e/-oo/-eo with
@@ -8,7 +12,11 @@ Behaves as LSF documents where the backend depends on it:
   background (at most P at once) with LSB_JOBID, LSB_JOBINDEX (0 outside arrays), LSB_JOBNAME,
   LSB_QUEUE, LSB_HOSTS, LSB_MCPU_HOSTS, LSB_DJOB_NUMPROC and the submitter's environment. Output
   directories must exist when the element starts, else its output is lost.
-- bjobs -a -o "jobid jobindex stat exit_code" -json IDS: one record per array element, ERROR
+- bsub options on the command line as well as #BSUB lines (the command line wins: "options
+  specified on the command line override embedded options", IBM LSF 10.1, "Submitting a job
+  with a job script": https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_users_guide/job_scripts_writing.html)
+- bjobs -a -o "jobid jobindex stat exit_code job_name" -json IDS: one record per array element
+  (an element's JOB_NAME is "name[i]"), ERROR
   records for unknown ids, exit status 255 for those when LSB_BJOBS_CONSISTENT_EXIT_CODE=Y;
   finished jobs are forgotten after the clean period.
 - bsub -H: every element is held (PSUSP) until bresume makes it pending; bkill ends it (EXIT).
@@ -130,12 +138,10 @@ CHECKS = {
 }
 
 
-def parse_bsub_options(script: str) -> dict:
+def parse_bsub_options(script: str, argv: list[str] | None = None) -> dict:
     opts: dict = {"-R": []}
-    for line in script.splitlines():
-        if not line.startswith("#BSUB"):
-            continue
-        words = shlex.split(line[len("#BSUB"):])
+    lines = [line[len("#BSUB"):] for line in script.splitlines() if line.startswith("#BSUB")]
+    for words in [shlex.split(line) for line in lines] + [list(argv or [])]:
         i = 0
         while i < len(words):
             flag = words[i]
@@ -158,12 +164,9 @@ def parse_bsub_options(script: str) -> dict:
 
 
 def bsub(argv: list[str]) -> int:
-    if argv:
-        print("lsf stand-in: bsub takes the job script on stdin only", file=sys.stderr)
-        return 255
     script = sys.stdin.read()
     try:
-        opts = parse_bsub_options(script)
+        opts = parse_bsub_options(script, argv)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 255
@@ -498,7 +501,8 @@ def bjobs(argv: list[str]) -> int:
                 found = True
                 values = {"jobid": jobid, "jobindex": i_str, "stat": e["stat"],
                           "exit_code": "" if e["exit_code"] is None else str(e["exit_code"]),
-                          "job_name": job["name"], "queue": job["queue"]}
+                          "job_name": job["name"] + (f"[{i_str}]" if job["array"] else ""),
+                          "queue": job["queue"]}
                 records.append({f.upper(): values.get(f, "") for f in fields})
             if not found:
                 records.append({"ERROR": f"Job <{target}> is not found"})
@@ -512,6 +516,48 @@ def bjobs(argv: list[str]) -> int:
             print(r.get("ERROR") or " ".join(r.values()))
     consistent = os.environ.get("LSB_BJOBS_CONSISTENT_EXIT_CODE", "").upper() == "Y"
     return 255 if unknown and consistent else 0
+
+
+def bhist(argv: list[str]) -> int:
+    """bhist -l IDS: a block per job or element, "Job <ID[i]>, Job Name <...>" then its events
+    ("Submitted", "Starting", "Done successfully" / "Exited with exit code N"), blocks apart by a
+    line of dashes; "No matching job found" and exit 255 when none is known. bhist reads the
+    event log, so finished jobs stay after bjobs' CLEAN_PERIOD
+    (https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/bhist.1.html)."""
+    blocks = []
+    with locked():
+        for target in [a for a in argv if not a.startswith("-")]:
+            try:
+                jobid, index = parse_target(target)
+            except ValueError:
+                continue
+            job = load(jobid)
+            for i_str, e in (job or {}).get("elements", {}).items():
+                if index is not None and int(i_str) != index:
+                    continue
+                name = f"{jobid}[{i_str}]" if job["array"] else jobid
+                events = [f"Submitted from host <standin>, to Queue <{job['queue']}>;"]
+                if e["start"]:
+                    events.append(f"Starting (Pid {e['pid'] or 0});")
+                if e["stat"] == "DONE":
+                    events.append("Done successfully.")
+                elif e["stat"] == "EXIT":
+                    events.append(f"Exited with exit code {e['exit_code']}.")
+                blocks.append(f"Job <{name}>, Job Name <{job['name']}>, User <standin>\n"
+                              + "\n".join(f"Mon Jan  1 00:00:00: {ev}" for ev in events))
+    if not blocks:
+        print("No matching job found")
+        return 255
+    print(("\n" + "-" * 78 + "\n").join(blocks))
+    return 0
+
+
+def lsid(argv: list[str]) -> int:  # noqa: ARG001
+    """lsid: "IBM Spectrum LSF Standard 10.1.0.13, ..." then the cluster and master names
+    (https://www.ibm.com/docs/en/SSWRJV_10.1.0/lsf_command_ref/lsid.1.html)."""
+    print("IBM Spectrum LSF Standard 10.1.0.13, Nov 16 2022\nCopyright International Business "
+          "Machines Corp. 1992, 2016.\n\nMy cluster name is standin\nMy master name is standin")
+    return 0
 
 
 def _targets(argv: list[str]):
@@ -648,7 +694,7 @@ def main() -> int:
         return 0
     command = os.path.basename(sys.argv[0])
     handlers = {"bsub": bsub, "bjobs": bjobs, "bkill": bkill, "brequeue": brequeue,
-                "bresume": bresume, "bstop": bstop}
+                "bresume": bresume, "bstop": bstop, "bhist": bhist, "lsid": lsid}
     if command not in handlers:
         print(f"lsf stand-in: unknown command {command}", file=sys.stderr)
         return 2

@@ -34,6 +34,22 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None,
         raise
 
 
+def replace_with(path: str | os.PathLike, save: Any) -> None:
+    """Write `path` atomically through `save(tmp_path)` (a library that writes files itself,
+    openpyxl's Workbook.save): readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, default_mode())  # not mkstemp's 0600: what the umask gives
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def default_mode() -> int:
     """The mode open() gives a new file here: 0o666 less the process's umask."""
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from jobs import cluster
-from jobs.errors import UserError
+from analysis.safe_text import terminal
+from jobs import backends
+from jobs.backends.base import NotAnswered
 from jobs.grid import matches
-from jobs.ledger import LEDGER, Ledger, entry_path
-from jobs.procs import job_process_alive
-from jobs.state import elapsed, job_state
-
-CLUSTER = ("slurm", "lsf")
+from jobs.ledger import Ledger
+from quantlib.errors import UserError
+from quantlib.jobdir import (
+    LEDGER,
+    UNSURE,
+    elapsed,
+    entry_path,
+    job_state,
+    valid_id,
+)
 
 
 def sweep_dirs(targets: list[str]) -> list[Path]:
@@ -41,35 +47,92 @@ def sweep_dirs(targets: list[str]) -> list[Path]:
     return out
 
 
+def scheduler_ids(ledger: Ledger) -> dict[str, list[str]]:
+    """{backend: the scheduler ids its jobs were recorded with}, each checked against the
+    schedulers' id syntax (quantlib.jobdir.valid_id) before any command sees it."""
+    by_backend: dict[str, list[str]] = {}
+    scheduled = set(backends.schedulers())
+    for e in ledger.jobs.values():
+        backend, sid = e.get("backend"), e.get("scheduler_id")
+        if backend in scheduled and valid_id(sid):
+            by_backend.setdefault(backend, []).append(sid)
+    return by_backend
+
+
 def states(ledger: Ledger, launcher_active: bool | None = None
            ) -> dict[str, tuple[str, str | None]]:
-    """Every job's (state, reason); one scheduler call per backend."""
+    """Every job's (state, reason); one scheduler query per backend. A scheduler that does not
+    answer leaves its jobs `unknown` (with why), never lost."""
     if launcher_active is None:
         launcher_active = ledger.launcher_active()
-    folder = ledger.sweep_dir / cluster.SUBMITIT_DIR
     sched: dict[str, str] = {}
-    for backend in CLUSTER:
-        ids = [e["scheduler_id"] for e in ledger.jobs.values()
-               if e.get("backend") == backend and e.get("scheduler_id")]
-        sched.update({f"{backend}:{k}": v
-                      for k, v in cluster.scheduler_states(backend, folder, ids).items()})
+    asked: set[str] = set()
+    for backend, ids in scheduler_ids(ledger).items():
+        asked.add(backend)
+        try:
+            found = backends.get(backend).states(ledger.sweep_dir, ids)
+        except NotAnswered as exc:
+            found = {i: f"{UNSURE}the scheduler did not answer: {exc}" for i in ids}
+        sched.update({f"{backend}:{k}": v for k, v in found.items()})
     out = {}
     for jid, e in ledger.jobs.items():
+        if not inside(ledger.sweep_dir, e.get("output_dir")):  # a ledger not written by us
+            out[jid] = ("failed", "its output_dir is outside the sweep directory: not read")
+            continue
         key = f"{e.get('backend')}:{e.get('scheduler_id')}"
-        asked = e.get("backend") in CLUSTER and e.get("scheduler_id")
-        out[jid] = job_state(e, sched.get(key, "UNKNOWN") if asked and sched else None,
+        was_asked = e.get("backend") in asked and valid_id(e.get("scheduler_id"))
+        out[jid] = job_state(e, sched.get(key, "UNKNOWN") if was_asked else None,
                              launcher_active)
     return out
 
 
+def sweep_states(sweep_dir: Path, ask: Callable[[str, dict[str, Any]], bool]
+                 ) -> dict[str, tuple[str, str | None]]:
+    """The states `sweep status` gives the jobs of `sweep_dir` that `ask(job id, entry)`
+    accepts, read through the ledger (never saved): collect's view of the scheduler
+    (analysis.results.SweepStates)."""
+    ledger = Ledger(sweep_dir)
+    jobs = {jid: e for jid, e in ledger.jobs.items() if ask(jid, e)}
+    ledger.data = {**ledger.data, "jobs": jobs}  # in memory only: never saved
+    return states(ledger)
+
+
+def inside(sweep_dir: Path, path: Any) -> bool:
+    """Does `path` (as the ledger gives it) lie inside the sweep directory, links resolved?
+    Nothing outside it is read: a ledger's `../../etc/shadow` stays unread."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        return False
+    try:
+        return entry_path(sweep_dir, path).resolve().is_relative_to(Path(sweep_dir).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+LOG_TAIL = 8 << 20  # `sweep logs` shows at most the last 8 MiB of a log
+
+
+def read_log(path: str) -> str:
+    """The end of a log file: a regular file only (a FIFO would block, /dev/zero never end)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "(not shown: not a regular file)\n"
+        skip = max(0, info.st_size - LOG_TAIL)
+        os.lseek(fd, skip, os.SEEK_SET)
+        data = os.read(fd, LOG_TAIL)
+    finally:
+        os.close(fd)
+    head = f"(the last {LOG_TAIL >> 20} MiB of {info.st_size} bytes)\n" if skip else ""
+    return head + data.decode("utf-8", errors="replace")
+
+
 def log_path(ledger: Ledger, entry: dict[str, Any]) -> str:
-    """The job's log: where its launch recorded it (local, SLURM), or where our LSF plugin
-    (submitit's layout) puts it."""
-    if entry.get("backend") == "lsf" and entry.get("scheduler_id"):
-        handle = cluster.job_handle(entry["backend"], ledger.sweep_dir / cluster.SUBMITIT_DIR,
-                                    entry["scheduler_id"])
-        return str(handle.paths.stdout)
-    return entry.get("log") or "-"
+    """The job's log, where its launch recorded it."""
+    log = entry.get("log")
+    return str(entry_path(ledger.sweep_dir, log)) if isinstance(log, str) and log else "-"
 
 
 def rel_path(path: str | os.PathLike) -> str:
@@ -95,20 +158,22 @@ def status(targets: list[str], out: IO[str] | None = None, long: bool = False) -
         for jid, e in sorted(ledger.jobs.items(), key=lambda kv: kv[1].get("index", 0)):
             state, reason = resolved[jid]
             c = e.get("config", {})
-            rows.append([jid, str(c.get("task", "")), str(c.get("method", "")),
-                         str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
-                         elapsed(e, state), _cut(reason or "-", REASON_WIDTH),
-                         rel_path(log_path(ledger, e))]
-                        + ([e.get("stage") or "-", e.get("after") or "-"] if staged else []))
+            row = ([jid, str(c.get("task", "")), str(c.get("method", "")),
+                    str(c.get("nbits", "-")), str(e.get("scheduler_id") or "-"), state,
+                    elapsed(e, state), _cut(reason or "-", REASON_WIDTH),
+                    rel_path(log_path(ledger, e))]
+                   + ([str(e.get("stage") or "-"), str(e.get("after") or "-")] if staged
+                      else []))
+            rows.append([terminal(v) for v in row])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        print(f"sweep {ledger.data.get('sweep', sweep_dir.name)} ({rel_path(str(sweep_dir))})",
-              file=out)
+        print(terminal(f"sweep {ledger.data.get('sweep', sweep_dir.name)} "
+                       f"({rel_path(str(sweep_dir))})"), file=out)
         for r in [head, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
         if long:
             for jid in sorted(ledger.jobs, key=lambda j: ledger.jobs[j].get("index", 0)):
                 if resolved[jid][1]:
-                    print(f"{jid} {resolved[jid][0]}: {resolved[jid][1]}", file=out)
+                    print(terminal(f"{jid} {resolved[jid][0]}: {resolved[jid][1]}"), file=out)
         totals: dict[str, int] = {}
         for state, _ in resolved.values():
             totals[state] = totals.get(state, 0) + 1
@@ -140,11 +205,15 @@ def _cut(text: str, width: int) -> str:
 
 def parse_where(where: list[str], configs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     """--where KEY=VALUE conditions, each value read as YAML reads it (200 = 200.0, true);
-    a key that no trainer argument and no job of the sweep has is a user error."""
+    a key that no trainer argument and no job of the sweep has is a user error. A value YAML
+    cannot read (`[x`, `*a`, `!!python/name:x`, a quote alone, a 5,000-digit number), or reads
+    as a mapping, a list or null, is taken as the literal text: never a traceback."""
+    import yaml
+
     from jobs.safeyaml import YamlRefused, load
     from quantlib.configs import all_keys, suggest
 
-    known = set(all_keys()) | {k for c in configs for k in c}
+    known = set(all_keys()) | {k for c in configs if isinstance(c, dict) for k in c}
     out = []
     for cond in where:
         key, sep, text = cond.partition("=")
@@ -153,11 +222,15 @@ def parse_where(where: list[str], configs: list[dict[str, Any]]) -> list[tuple[s
         if key not in known:
             raise UserError(f"--where {cond}: unknown key {key!r}{suggest(key, sorted(known))}"
                             "; give a trainer argument, e.g. task=mrpc")
-        try:
+        try:  # UnicodeEncodeError (an undecodable byte of argv) is a ValueError
             value = load(text.encode()) if text else ""
-        except (YamlRefused, ValueError):
+        except (YamlRefused, yaml.YAMLError, ValueError, RecursionError):
             value = text
-        out.append((key, text if isinstance(value, (dict, list)) or value is None else value))
+        if isinstance(value, (dict, list)) or value is None:
+            value = text
+        elif isinstance(value, str):  # the loader's str subclasses (4:00, 010): as text
+            value = str(value)
+        out.append((key, value))
     return out
 
 
@@ -171,19 +244,18 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
                   if resolved[jid][0] in ("pending", "running")
                   and matches(dict(conditions), e.get("config", {}))]
         by_backend: dict[str, list[str]] = {}
+        scheduled = set(backends.schedulers())
         for jid in picked:
             e = ledger.jobs[jid]
-            if e.get("backend") in CLUSTER:
-                by_backend.setdefault(e["backend"], []).append(e["scheduler_id"])
-            elif e.get("pid") and job_process_alive(e):  # that very process, not a reused pid
-                try:  # the local launcher's child: its whole process group
-                    os.killpg(e["pid"], signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+            if e.get("backend") in scheduled:
+                if valid_id(e.get("scheduler_id")):  # never `bkill 0`, never an option
+                    by_backend.setdefault(e["backend"], []).append(e["scheduler_id"])
+            elif e.get("backend") == "local":  # that very process, not a reused pid
+                backends.get("local").cancel_entry(e)
             ledger.update(jid, state="cancelled", reason="cancelled by sweep cancel")
         for backend, ids in by_backend.items():
-            cluster.cancel(backend, sweep_dir / cluster.SUBMITIT_DIR, ids)
-        name = ledger.data.get("sweep", sweep_dir.name)
+            backends.get(backend).cancel(sweep_dir, ids)
+        name = terminal(ledger.data.get("sweep", sweep_dir.name))
         if picked:
             print(f"sweep {name}: cancelled {len(picked)} jobs; relaunch to resubmit them",
                   file=out)
@@ -205,14 +277,17 @@ def logs(job: str, targets: list[str], out: IO[str] | None = None) -> int:
             continue
         jid, e = hits[0]
         state, reason = states(ledger)[jid]
-        print(f"job {jid}: {state}" + (f": {reason}" if reason else ""), file=out)
+        print(terminal(f"job {jid}: {state}" + (f": {reason}" if reason else "")), file=out)
         paths = [log_path(ledger, e)]
-        if e.get("backend") in CLUSTER and paths[0].endswith(".out"):  # and its stderr
+        if e.get("backend") in backends.schedulers() and paths[0].endswith(".out"):
             paths.append(paths[0].removesuffix(".out") + ".err")
         for path in paths:
-            print(f"==> {rel_path(path)} <==", file=out)
+            print(f"==> {terminal(rel_path(path))} <==", file=out)
+            if not inside(sweep_dir, path):
+                print("(not shown: outside the sweep directory)", file=out)
+                continue
             try:
-                print(Path(path).read_text(errors="replace"), file=out, end="")
+                print(read_log(path), file=out, end="")
             except OSError:
                 print("(no log yet)", file=out)
         return 0

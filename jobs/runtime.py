@@ -1,9 +1,15 @@
-"""The job entry point: `python -m quantlib.run CONFIG.json`, identical under every backend.
+"""The job entry point: `python -m jobs.runtime CONFIG.json`, identical under every backend:
+what every job does around its training (quantlib.job.run_job trains, evaluates and measures).
 
-Writes into the config's output_dir: config.json (as run), status.json (running, then
-completed / failed / interrupted with a reason), eval_results.json and eval_results.txt.
-SIGUSR2 (the schedulers' time-limit warning) checkpoints at the end of the current step and
-exits with preemption.REQUEUE; the next run of the same config resumes from the checkpoint.
+- the job directory held for this run (a lock: never two runs of one job at once), its
+  config.json and status.json (running, then completed / failed / interrupted with a reason),
+  eval_results.json and eval_results.txt (quantlib.jobdir);
+- signals: SIGUSR2 (the schedulers' time-limit warning) checkpoints at the end of the current
+  step and exits with preemption.REQUEUE, the next run of the same config resumes from the
+  checkpoint; SIGTERM and SIGINT end it as interrupted;
+- requeue: in a cluster script (QUANTSWEEP_REQUEUE) the backend's own command requeues the
+  job (jobs.backends: `scontrol requeue`, `brequeue`), within resources.max_requeues;
+- several GPUs (nproc_per_node): the ranks under torchrun, the warning passed to each.
 """
 
 from __future__ import annotations
@@ -17,9 +23,19 @@ import time
 import traceback
 from pathlib import Path
 
-from jobs.atomic import write_json
 from quantlib import preemption
-from quantlib.outputs import CONFIG, now, write_results, write_status
+from quantlib.atomic import write_json
+from quantlib.jobdir import (
+    CONFIG,
+    is_complete,
+    now,
+    read_json,
+    read_status,
+    write_results,
+    write_status,
+)
+
+LOG = "jobs.runtime:"  # the job's own lines in its log start so (the local launcher reads them)
 
 
 class Terminated(BaseException):
@@ -29,37 +45,6 @@ class Terminated(BaseException):
 
 def _on_term(signum, frame):  # noqa: ARG001
     raise Terminated(f"signal {signal.Signals(signum).name}")
-
-
-def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
-    from quantlib import model_size, qplans, tracking
-    from quantlib.configs import PTQConfig, build
-    from quantlib.inq import select_weights
-    from quantlib.recipes import recipe_for
-    from quantlib.sparsity import sparsity_of
-    from quantlib.trainer import evaluate, prepare
-
-    args, method = build(config)
-    tracking.setup(args.report_to, out_dir, str(config.get("job_id") or out_dir.name),
-                   str(config.get("sweep") or "quantsweep"))
-    ctx = prepare(args, method, out_dir)
-    ctx.run_name = config.get("job_id") or out_dir.name
-    trainer = recipe_for(method)(ctx, method)
-    results = evaluate(trainer, ctx)
-    if args.export == "onnx":
-        from quantlib import export_onnx
-
-        ctx.info.update(export_onnx.run(ctx, results))
-    weights = select_weights(ctx.model, args.quantize_modules)
-    if weights:  # zeros among the selected weights, whatever the method
-        ctx.info["sparsity"] = sparsity_of(weights)
-    ctx.info.update(model_size.measure(ctx.model, ctx.codes, ctx.sparse))
-    if args.save_model:
-        trainer.save_model(str(out_dir / "model"))
-        ctx.tokenizer.save_pretrained(str(out_dir / "model"))
-        if isinstance(method, PTQConfig) and qplans.quantizers(ctx.model):
-            qplans.save_calibration(out_dir / "model", method)
-    return results, ctx.info
 
 
 def _leave_process_group() -> None:
@@ -78,13 +63,13 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
     the caller (submitit, which logs its traceback) instead of being printed here: once."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m quantlib.run CONFIG.json", file=sys.stderr)
+        print("usage: python -m jobs.runtime CONFIG.json", file=sys.stderr)
         return 2
     try:
         config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
         out_dir = Path(config["output_dir"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"quantlib.run: {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
+        print(f"{LOG} {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     nproc = int(config.get("nproc_per_node", 1) or 1)
@@ -95,42 +80,71 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
     return _main_rank(config, out_dir, reraise)
 
 
+def _max_requeues(config: dict) -> int:
+    return int(config.get("max_requeues", preemption.MAX_REQUEUES))
+
+
 def _requeue_if_asked(rc: int, config: dict, out_dir: Path) -> int:
-    """A job script that asks for it (QUANTSWEEP_REQUEUE=slurm: our SLURM scripts, where this
-    process is the job's top process) gets the job requeued here when it stopped at a
-    checkpoint: `scontrol requeue` while it still runs, within resources.max_requeues and only
-    when the checkpoint advanced (see _count_requeue)."""
-    if rc != preemption.REQUEUE or os.environ.get("QUANTSWEEP_REQUEUE") != "slurm":
+    """A job script that asks for it (QUANTSWEEP_REQUEUE=slurm|lsf: our cluster scripts) gets
+    the job requeued here when it stopped at a checkpoint: the backend's requeue command
+    (`scontrol requeue`, `brequeue`) while it still runs, within resources.max_requeues and
+    only when the checkpoint advanced (see _count_requeue). LSF's script is told by the marker
+    QUANTSWEEP_REQUEUE_MARKER not to record an exit code for this run."""
+    kind = os.environ.get("QUANTSWEEP_REQUEUE")
+    if rc != preemption.REQUEUE or not kind:
         return rc
     import subprocess
 
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job_id = (f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array
-              else os.environ.get("SLURM_JOB_ID", ""))
-    limit = int(os.environ.get("QUANTSWEEP_MAX_REQUEUES") or config.get("max_requeues", 3))
+    from jobs import backends
+
     try:
-        left = _count_requeue(out_dir, limit, job_id)
+        backend = backends.get(kind)
+    except KeyError:
+        return rc
+    job_id = backend.job_id_in_job() or ""
+    argv = backend.requeue_argv(job_id)
+    if argv is None:
+        print(f"{LOG} no scheduler job to requeue ({kind} id {job_id!r}); rerun the "
+              "job to resume", file=sys.stderr)
+        return rc
+    try:
+        left = _count_requeue(out_dir, _max_requeues(config), job_id)
     except RuntimeError as exc:
-        print(f"quantlib.run: {exc}", file=sys.stderr)
+        print(f"{LOG} {exc}", file=sys.stderr)
         return 1
-    print(f"quantlib.run: requeueing SLURM job {job_id} ({left} requeues left)", file=sys.stderr,
-          flush=True)
-    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = f"scontrol requeue {job_id} failed: {done.stderr.strip()[:300]}"
+    marker = os.environ.get("QUANTSWEEP_REQUEUE_MARKER")
+    if marker:
+        try:
+            Path(marker).write_text(f"{left}\n")
+        except OSError:
+            pass
+    print(f"{LOG} requeueing {kind.upper()} job {job_id} ({left} requeues left)",
+          file=sys.stderr, flush=True)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        failed = done.returncode != 0
+        said = (done.stderr or done.stdout).strip()[:300]
+    except (OSError, subprocess.SubprocessError) as exc:
+        failed, said = True, str(exc)[:300]
+    if failed:
+        if marker:
+            Path(marker).unlink(missing_ok=True)
+        reason = f"{' '.join(argv)} failed: {said}"
         write_status(out_dir, "failed", reason=reason, ended=now())
-        print(f"quantlib.run: {reason}", file=sys.stderr)
+        print(f"{LOG} {reason}", file=sys.stderr)
         return 1
     return rc
 
 
 def _main_rank(config: dict, out_dir: Path, reraise: bool) -> int:
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 keeps the records
+        from quantlib.job import run_job
+
         preemption.install()  # every rank stops at the same step (the trainer agrees on it)
         try:
             run_job(config, out_dir)
         except preemption.Preempted as exc:
-            print(f"quantlib.run: rank {os.environ['RANK']}: {exc}", file=sys.stderr)
+            print(f"{LOG} rank {os.environ['RANK']}: {exc}", file=sys.stderr)
             _leave_process_group()
             return preemption.REQUEUE
         _leave_process_group()
@@ -139,7 +153,7 @@ def _main_rank(config: dict, out_dir: Path, reraise: bool) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = _job_lock(out_dir)
     except OSError as exc:
-        print(f"quantlib.run: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        print(f"{LOG} cannot start: {_os_reason(exc)}", file=sys.stderr)
         return 1
     if lock is None:
         return DUPLICATE
@@ -164,7 +178,7 @@ def _job_lock(out_dir: Path):
         fh.seek(0)
         holder = fh.read().strip() or "?"
         fh.close()
-        print(f"quantlib.run: {out_dir}: this job is already running there (pid {holder}); "
+        print(f"{LOG} {out_dir}: this job is already running there (pid {holder}); "
               "not started twice", file=sys.stderr)
         return None
     fh.seek(0)
@@ -178,26 +192,51 @@ def _os_reason(exc: OSError) -> str:
     """An OSError as a status reason; a full disk (or a read-only one) says so in words."""
     import errno
 
-    from jobs.errors import os_error
+    from quantlib.errors import os_error
 
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return os_error(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
+def _parent_not_done(config: dict) -> str | None:
+    """Why a later-stage job must not start yet: its previous-stage job has not completed.
+    The scheduler holds it (afterok / done()); this is the check for a scheduler that started
+    it anyway (volclava's dispatch window: jobs.backends.lsf.dependent_begin) or a hand-run
+    config: it would train from a missing or half-written model."""
+    upstream = config.get("upstream_dir")
+    if not upstream or is_complete(upstream):
+        return None
+    state = (read_status(upstream) or {}).get("state") or "not started"
+    return (f"its previous-stage job {config.get('after')} has not completed ({state}): "
+            "started before its dependency was met; it runs once that job completed (relaunch)")
+
+
 def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
     start = time.monotonic()
+    early = _parent_not_done(config)
+    if early:
+        try:
+            write_status(out_dir, "failed", reason=early, ended=now(), job_id=config.get("job_id"))
+        except OSError:
+            pass
+        print(f"{LOG} {early}", file=sys.stderr)
+        return 1
     try:
         write_json(out_dir / CONFIG, config)
         write_status(out_dir, "running", started=now(), pid=os.getpid(), reason=None,
                      ended=None, job_id=config.get("job_id"),
                      code=str(Path(__file__).resolve().parents[1]))
     except OSError as exc:
-        print(f"quantlib.run: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        print(f"{LOG} cannot start: {_os_reason(exc)}", file=sys.stderr)
         return 1
     preemption.install()  # SIGUSR2: checkpoint at the end of the step, then stop
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started with `&` by a batch shell
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (LSF's): bkill starts so
     if not os.environ.get("SUBMITIT_EXECUTOR"):  # under submitit, SIGTERM is its business
         signal.signal(signal.SIGTERM, _on_term)
+    from quantlib.job import run_job
+
     try:
         results, info = run_job(config, out_dir)
         _leave_process_group()
@@ -205,12 +244,12 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
         _leave_process_group()
         write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1), checkpoint_step=exc.step)
-        print(f"quantlib.run: {exc}; run it again to resume", file=sys.stderr)
+        print(f"{LOG} {exc}; run it again to resume", file=sys.stderr)
         return preemption.REQUEUE
     except KeyboardInterrupt:
         write_status(out_dir, "interrupted", reason="SIGINT", ended=now(),
                      elapsed_s=round(time.monotonic() - start, 1))
-        print("quantlib.run: interrupted (SIGINT)", file=sys.stderr)
+        print(f"{LOG} interrupted (SIGINT)", file=sys.stderr)
         return 130
     except Terminated as exc:
         write_status(out_dir, "interrupted", reason=str(exc), ended=now(),
@@ -223,7 +262,7 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
             write_status(out_dir, "failed", reason=reason, ended=now(),
                          elapsed_s=round(time.monotonic() - start, 1))
         except OSError as again:  # a full disk may refuse the marker too: the log says it
-            print(f"quantlib.run: failed: {reason}; status.json not written: "
+            print(f"{LOG} failed: {reason}; status.json not written: "
                   f"{_os_reason(again)}", file=sys.stderr)
         if reraise:
             raise
@@ -235,13 +274,13 @@ def _run_locked(config: dict, out_dir: Path, reraise: bool) -> int:
                      elapsed_s=round(time.monotonic() - start, 1))
     except OSError as exc:  # trained, but its results could not be kept
         reason = f"results not written: {_os_reason(exc)}"
-        print(f"quantlib.run: failed: {reason}", file=sys.stderr)
+        print(f"{LOG} failed: {reason}", file=sys.stderr)
         try:
             write_status(out_dir, "failed", reason=reason, ended=now())
         except OSError:
             pass
         return 1
-    print(f"quantlib.run: completed: {json.dumps(results, sort_keys=True)}")
+    print(f"{LOG} completed: {json.dumps(results, sort_keys=True)}")
     return 0
 
 
@@ -250,8 +289,6 @@ def _count_requeue(out_dir: Path, limit: int, job_id: str) -> int:
     left after it; raise (the job fails, with the reason in status.json) when the limit is
     reached, or when the checkpoint did not advance since the previous requeue: a time limit
     too short for a single step would otherwise requeue the job forever."""
-    from quantlib.outputs import read_status
-
     status = read_status(out_dir) or {}
     same_job = status.get("requeued_job") == job_id  # a new submission starts counting anew
     done = int(status.get("requeues") or 0) if same_job else 0
@@ -276,16 +313,13 @@ def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (from /proc): torchrun starts its workers in sessions of their
     own, so a signal to its process group does not reach them."""
     children: dict[int, list[int]] = {}
+    from quantlib.procs import stat_fields
+
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
+        fields = stat_fields(entry) if entry.isdigit() else None
+        if fields is None or len(fields) < 2:
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(int(fields[1]), []).append(int(entry))
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -306,7 +340,7 @@ def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", "-m", "quantlib.run", config_path],
+                             f"--nproc_per_node={nproc}", "-m", "jobs.runtime", config_path],
                             preexec_fn=agent_ignores_warning)
     warned: list[int] = []
 
@@ -326,8 +360,6 @@ def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
         rc = proc.wait()
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    from quantlib.outputs import read_status
-
     status = read_status(out_dir) or {}
     if rc != 0 and warned and status.get("state") == "interrupted" \
             and status.get("checkpoint_step") is not None:
@@ -339,8 +371,6 @@ def run_config(config_path: str) -> dict:
     """What cluster jobs run (pickled by reference by submitit): the entry point, in process.
     Returns the results; raises when the job did not complete, so the scheduler's record and
     submitit's agree with status.json."""
-    from quantlib.outputs import read_json, read_status
-
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     out_dir = Path(config["output_dir"])
     nproc = int(config.get("nproc_per_node", 1))
@@ -352,7 +382,7 @@ def run_config(config_path: str) -> dict:
         import submitit
 
         env = submitit.JobEnvironment()
-        left = _count_requeue(out_dir, int(config.get("max_requeues", 3)), env.job_id)
+        left = _count_requeue(out_dir, _max_requeues(config), env.job_id)
         env._requeue(left)  # scontrol requeue / brequeue: the same job again, still running
         raise SystemExit(rc)  # no result: the requeued run resumes from the checkpoint
     if rc != 0:

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification
 
 from quantlib.configs import PTQConfig, Q8BertConfig
 from quantlib.qmodules import quantizers
-from quantlib.qplans import calibrate, enable, fuse_qkv, install_ft, install_q8bert
+from quantlib.quantize_model import calibrate, enable, fuse_qkv, install_ft, install_q8bert
 
 ENCODER = ("*encoder.layer.*",)
 

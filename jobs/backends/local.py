@@ -8,7 +8,7 @@ Children run in their own sessions so that Ctrl-C reaches only this launcher, wh
 SIGINT to every running job (each records `interrupted` in its status), waits, and marks them.
 
 A launcher killed outright (SIGKILL, a closed terminal) cannot stop its jobs: they run on. The
-ledger holds each job's pid with its start time (jobs.procs), so `sweep status` shows them
+ledger holds each job's pid with its start time (quantlib.procs), so `sweep status` shows them
 running (orphaned), and the next launch adopts them: it never starts a job whose process is still
 alive; it waits for it like one of its own (a slot, its GPUs), then reads how it ended from its
 files.
@@ -17,6 +17,7 @@ files.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -25,13 +26,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from jobs.errors import os_error
+from jobs.backends.base import Backend
 from jobs.grid import Job
 from jobs.ledger import Ledger
-from jobs.procs import alive, start_token
-from quantlib.outputs import is_complete, read_status
+from jobs.runtime import LOG
+from quantlib.errors import os_error
+from quantlib.jobdir import is_complete, read_status
+from quantlib.procs import alive, start_token
+
+if TYPE_CHECKING:
+    from jobs.spec import Spec
 
 GRACE_SECONDS = 60.0
 POLL_SECONDS = 0.2
@@ -270,7 +276,7 @@ class LocalRun:
 
 def _last_word(log_path: Path | None) -> str | None:
     """The job's own last word on why it stopped, when it could not write status.json (a full
-    disk): the last `quantlib.run:` line of its log."""
+    disk): the last line of its log that jobs.runtime wrote (LOG)."""
     if log_path is None:
         return None
     try:
@@ -280,6 +286,55 @@ def _last_word(log_path: Path | None) -> str | None:
             tail = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    said = [line.removeprefix("quantlib.run: ").strip() for line in tail.splitlines()
-            if line.startswith("quantlib.run: ")]
+    said = [line.removeprefix(LOG).strip() for line in tail.splitlines()
+            if line.startswith(f"{LOG} ")]
     return said[-1][:500] if said else None
+
+
+class LocalBackend(Backend):
+    """This machine: the launcher runs the jobs itself (LocalRun); no scheduler to ask."""
+
+    name = "local"
+    scheduler = False
+
+    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, Path], sweep_dir: Path,
+               tag: str = "") -> list[tuple[Path, list[Job]]]:
+        from jobs.scripts import render_local
+
+        return [(render_local(spec, j, configs[j.id], sweep_dir), [j]) for j in jobs]
+
+    def render_single(self, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+        from jobs.scripts import render_local
+
+        return render_local(spec, job, config_path, sweep_dir)
+
+    def dependency_option(self, ref: str) -> str:
+        return f"# after {ref} completes"
+
+    def submit_line(self, script: Path, after: str | None = None) -> str:
+        return f"bash {shlex.quote(str(script))}" + (f"  # after {after} completes"
+                                                      if after else "")
+
+    def states(self, sweep_dir: Path, ids: list[str]) -> dict[str, str]:
+        return {}  # the ledger and the recorded processes say it (quantlib.jobdir.job_state)
+
+    def cancel_entry(self, entry: dict) -> None:
+        """SIGINT to the job's process group, only when the recorded pid, start time and host
+        prove that it is that very process (not another that got the pid since)."""
+        from quantlib.procs import job_process_alive
+
+        pid = entry.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 \
+                and job_process_alive(entry):
+            try:
+                os.killpg(pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def cancel(self, sweep_dir: Path, ids: list[str]) -> None:
+        """SIGINT to the jobs `ids` (job ids) of the sweep in `sweep_dir`, each only when its
+        recorded process is provably still that job (cancel_entry)."""
+        ledger = Ledger(sweep_dir)
+        for jid in ids:
+            if jid in ledger.jobs:
+                self.cancel_entry(ledger.jobs[jid])

@@ -9,6 +9,7 @@ Methods without a bit width (fp32) get one column, 32.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,12 +71,14 @@ class Cell:
         if len(self.values) < 2:
             return None
         mean = self.mean
-        return math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
+        # d * d, not d ** 2: float ** raises OverflowError past 1e308, * gives inf
+        return math.sqrt(sum((v - mean) * (v - mean) for v in self.values)
+                         / (len(self.values) - 1))
 
     @property
     def value(self) -> float | str:
         mean = self.mean
-        return "nan" if math.isnan(mean) else mean
+        return str(mean) if not math.isfinite(mean) else mean  # nan, inf: as text
 
 
 @dataclass
@@ -131,6 +134,14 @@ def _method_order(method: str) -> tuple[int, str]:
     return (names.index(method), "") if method in names else (len(names), method)
 
 
+def _hashable(value: Any) -> Any:
+    """A config value as part of a block's key: a list or object (a value a file gave) by its
+    JSON text, as it cannot be hashed."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
 def build_blocks(runs: list[Run]) -> list[Block]:
     done = [r for r in runs if r.state == "completed" and r.metrics]
     configs = lineage_configs(done)
@@ -138,7 +149,7 @@ def build_blocks(runs: list[Run]) -> list[Block]:
     blocks: dict[tuple, Block] = {}
     for run in sorted(done, key=lambda r: _method_order(r.method)):
         extra = tuple((k, configs[id(run)].get(k)) for k in split[run.method])
-        key = (_method_order(run.method), extra)
+        key = (_method_order(run.method), tuple((k, _hashable(v)) for k, v in extra))
         if key not in blocks:
             entry = METHODS.get(run.method)
             title = entry.display if entry else run.method

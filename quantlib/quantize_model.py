@@ -1,4 +1,5 @@
-"""Which tensors each QAT/PTQ method quantizes, and calibration.
+"""Where each QAT/PTQ method puts its fake quantizers in a model (install_*), and their
+calibration (calibrate, save_calibration, load_calibration).
 
 Q8BERT (`install_q8bert`): embeddings (word, position, token type), every encoder Linear
 (input EMA + weight max|W|, optionally the output), pooler and task head; narrow symmetric range.
@@ -31,7 +32,6 @@ tensor, channel or group of rows) and inputs (EMA per tensor, or dynamic per tok
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections.abc import Iterable
@@ -52,18 +52,7 @@ from quantlib.qmodules import (
     convert_residual,
     quantizers,
 )
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def encoder_linears(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Linear]:
-    found = {n: m for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and matches(n, patterns)}
-    if not found:
-        raise ValueError("quantize_modules matches no nn.Linear module of the model")
-    return found
+from quantlib.stages import matches, select_linears
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -86,7 +75,7 @@ def install_q8bert(model: nn.Module, cfg: Q8BertConfig,
     now: list[TensorQuantizer] = []
     later: list[TensorQuantizer] = []
     base = {id(m) for m in model.base_model.modules()}
-    targets = dict(encoder_linears(model, patterns))
+    targets = select_linears(model, patterns, required=True)
     if cfg.quantize_head:
         for name, m in model.named_modules():
             if isinstance(m, nn.Linear) and ("pooler" in name or id(m) not in base):
@@ -196,7 +185,7 @@ def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> d
         q.calibrator = MaxCalibrator(w_gran)
         return q
 
-    linears = encoder_linears(model, patterns)
+    linears = select_linears(model, patterns, required=True)
     if not any(type(m) is BertSelfAttention and matches(n, patterns)
                for n, m in model.named_modules()):
         raise ValueError(f"quant_mode {cfg.quant_mode} quantizes BERT's attention matmuls "
@@ -248,7 +237,7 @@ def fuse_qkv(model: nn.Module) -> int:
 def install_distill_quant(model: nn.Module, cfg: DistillQuantConfig,
                           patterns: tuple[str, ...]) -> list[TensorQuantizer]:
     out = []
-    for lin in encoder_linears(model, patterns).values():
+    for lin in select_linears(model, patterns, required=True).values():
         w = TensorQuantizer(cfg.nbits, amax_mode="dynamic", granularity=cfg.weight_granularity,
                             groups=cfg.weight_groups, narrow=True, ste="plain")
         if cfg.act_granularity == "token":
@@ -320,7 +309,7 @@ PLAN_KEYS = ("nbits", "quant_mode", "calibrator", "percentile", "num_calib_batch
 def save_calibration(model_dir: str | Path, cfg: PTQConfig) -> None:
     """Beside a saved PTQ/QAT model (its amax are buffers in the weights file): the plan that
     produced them, so that a later stage can start from the calibration instead of redoing it."""
-    from jobs.atomic import write_json
+    from quantlib.atomic import write_json
 
     write_json(Path(model_dir) / CALIBRATION_FILE,
                {k: getattr(cfg, k) for k in PLAN_KEYS})

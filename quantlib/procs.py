@@ -11,17 +11,23 @@ import os
 import socket
 
 
-def start_token(pid: int) -> str | None:
-    """The start time of process `pid` ("ticks"), None when it does not exist (or the system
-    has no /proc: then only the pid can be checked)."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat from field 3 on (state, ppid, ...: fields[0] is field 3), None when the
+    process does not exist or the system has no /proc."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             stat = fh.read()
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may hold spaces: count after the last ')'
-    fields = stat[stat.rfind(")") + 2:].split()
-    if len(fields) < 20 or fields[0] == "Z":  # a zombie has ended: only its exit status is left
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def start_token(pid: int) -> str | None:
+    """The start time of process `pid` ("ticks"), None when it does not exist (or the system
+    has no /proc: then only the pid can be checked)."""
+    fields = stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] == "Z":  # a zombie has ended
         return None
     return fields[19]
 
