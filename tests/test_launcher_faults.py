@@ -27,8 +27,17 @@ from jobs.ledger import Ledger
 SLOW = """
 name: faults
 grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
-resources: {{setup: ["sleep {sleep}"]}}
+resources: {{setup: ["{setup}"]}}
 """ + TINY_BASE
+NO_SETUP = "sleep 0"
+
+
+def gated(release: Path) -> str:
+    """A setup line that holds the job until `release` exists (the test makes it once it has
+    seen what it needs), not for a fixed time that the test's own calls must beat; bounded
+    (300 s) so that a test that never releases it does not leave it waiting forever."""
+    return (f"i=0; until [ -e {shlex.quote(str(release))} ] || [ $i -ge 1500 ]; do sleep 0.2; "
+            "i=$((i + 1)); done")
 
 
 def cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -66,7 +75,9 @@ def reaper():
 
 def test_a_killed_launcher_s_jobs_are_adopted_not_run_twice(tmp_path, tiny_model, demo_task,
                                                              reaper):
-    spec = write_spec(tmp_path, SLOW.format(sleep=6, model=tiny_model, data=demo_task))
+    release = tmp_path / "release"
+    spec = write_spec(tmp_path, SLOW.format(setup=gated(release), model=tiny_model,
+                                            data=demo_task))
     launcher = subprocess.Popen([sys.executable, "-m", "jobs.cli", "launch", str(spec),
                                  "--max-parallel", "2"], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,7 +99,19 @@ def test_a_killed_launcher_s_jobs_are_adopted_not_run_twice(tmp_path, tiny_model
     long = cli(tmp_path, "status", "runs/faults", "--long").stdout
     assert long.count("a relaunch adopts it") == 2, long
 
-    again = cli(tmp_path, "launch", str(spec), "--max-parallel", "2")
+    relaunch = subprocess.Popen([sys.executable, "-m", "jobs.cli", "launch", str(spec),
+                                 "--max-parallel", "2"], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in relaunch.stdout:  # it says what it adopts, then waits for the jobs
+        seen.append(line)
+        if "still running" in line:
+            break
+    release.write_text("go")  # the jobs end only now: adopted while they ran
+    rest, err = relaunch.communicate(timeout=600)
+    again = subprocess.CompletedProcess(relaunch.args, relaunch.returncode, "".join(seen) + rest,
+                                        err)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 to run" in again.stdout and "2 still running" in again.stdout, again.stdout
     jobs = Ledger(ledger_dir).jobs
@@ -103,7 +126,7 @@ def test_a_killed_launcher_s_jobs_are_adopted_not_run_twice(tmp_path, tiny_model
 
 
 def test_a_second_run_of_a_running_job_is_refused(tmp_path, tiny_model, demo_task):
-    spec = write_spec(tmp_path, SLOW.format(sleep=0, model=tiny_model, data=demo_task))
+    spec = write_spec(tmp_path, SLOW.format(setup=NO_SETUP, model=tiny_model, data=demo_task))
     assert cli(tmp_path, "launch", str(spec), "--dry-run").returncode == 0
     config = sorted((tmp_path / "runs/faults/configs").glob("*.json"))[0]
     out_dir = Path(json.loads(config.read_text())["output_dir"])
@@ -145,7 +168,7 @@ def _sweep_cmd(*args: str) -> str:
 @needs_namespace
 @pytest.mark.parametrize("where", ["logs", "sweep"])
 def test_a_read_only_directory_is_one_line(tmp_path, tiny_model, demo_task, where):
-    spec = write_spec(tmp_path, SLOW.format(sleep=0, model=tiny_model, data=demo_task))
+    spec = write_spec(tmp_path, SLOW.format(setup=NO_SETUP, model=tiny_model, data=demo_task))
     target = tmp_path / "runs/faults" / ("logs" if where == "logs" else "")
     target.mkdir(parents=True)
     if where == "sweep":  # it ran before: its ledger and results must stay as they are
@@ -170,7 +193,7 @@ def test_a_read_only_directory_is_one_line(tmp_path, tiny_model, demo_task, wher
 
 @needs_namespace
 def test_a_job_on_a_full_disk_says_so(tmp_path, tiny_model, demo_task):
-    spec = write_spec(tmp_path, SLOW.format(sleep=0, model=tiny_model, data=demo_task)
+    spec = write_spec(tmp_path, SLOW.format(setup=NO_SETUP, model=tiny_model, data=demo_task)
                       .replace("seed: [1, 2]", "seed: [1]"))
     assert cli(tmp_path, "launch", str(spec), "--dry-run").returncode == 0
     config = next((tmp_path / "runs/faults/configs").glob("*.json"))

@@ -185,7 +185,9 @@ def test_checkpoint_and_requeue_at_the_run_limit(lsf10, monkeypatch, scope, dire
     signal scopes and LSB_STDOUT_DIRECT are LSF 10.1 site settings (and its scaled minute keeps
     this quick; the real run limit on volclava: tests/test_seed_study_volclava.py)."""
     lsf = lsf10
-    monkeypatch.setenv("LSF_STANDIN_MINUTE", "3")  # -W 1 = 3 s: USR2 then, kill 30 s later
+    # -W 1 = 6 s: USR2 then, kill 60 s later. By then the first run must have its handler in
+    # place and the requeued run must have ended (each about 0.5 s here): room for a slow start
+    monkeypatch.setenv("LSF_STANDIN_MINUTE", "6")
     monkeypatch.setenv("LSF_STANDIN_SIGNAL_SCOPE", scope)
     monkeypatch.setenv("LSB_STDOUT_DIRECT", direct)
     executor = LsfExecutor(lsf / "log")
@@ -235,20 +237,28 @@ def test_the_job_shell_outlives_the_warning_and_passes_it_on(lsf10, monkeypatch)
     monkeypatch.setenv("LSF_STANDIN_MINUTE", "3")
     monkeypatch.setenv("LSF_STANDIN_SIGNAL_SCOPE", "top")  # the shell alone gets it
     executor = LsfExecutor(lsf / "log")
-    executor.update_parameters(run_limit_min=2, warn_minutes=1)  # USR2 at 3 s
-    job = executor.submit(count_usr2, str(lsf / "usr2"), 5.0)  # ends before the limit
+    # the warning at 6 s (the handler is in place 0.5 s in here: room for a slow start), the
+    # limit's own USR2 at 30 s: far from the warning, and after count_usr2 gave up (20 s)
+    executor.update_parameters(run_limit_min=10, warn_minutes=8)
+    job = executor.submit(count_usr2, str(lsf / "usr2"), 20.0)
     wait(job, seconds=60)
     assert job.result() == 1
     assert job.state == "COMPLETED"
 
 
 def count_usr2(path: str, seconds: float) -> int:
+    """The USR2s received until 1 s after the first (0 if none came within `seconds`): counted
+    from the warning, not for a fixed time from this function's start, which a slow start
+    would shift onto the limit's USR2."""
     import signal as signals
 
     got = []
     signals.signal(signals.SIGUSR2, lambda *_: got.append(1))
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end and not got:
+        time.sleep(0.1)
+    settle = time.monotonic() + 1.0  # a second delivery (passed on twice) comes within it
+    while got and time.monotonic() < settle:
         time.sleep(0.1)
     return len(got)
 
@@ -405,26 +415,37 @@ def test_a_suspended_job_is_running_not_finished(lsf):
     """bstop suspends a running job (USUSP); it is not finished, and bresume lets it end."""
     executor = LsfExecutor(lsf / "log")
     executor.update_parameters(run_limit_min=5)
-    started = lsf / "started"
-    job = executor.submit(sleep_then_add, str(started), 2.0)
+    started, release = lsf / "started", lsf / "release"
+    job = executor.submit(wait_then_add, str(started), str(release))
     deadline = time.monotonic() + 60
     while not started.exists():
         assert time.monotonic() < deadline, job.state
         time.sleep(0.2)
     target = lsf_target(job.job_id)
     assert subprocess.run(["bstop", target], capture_output=True).returncode == 0
-    bjobs = subprocess.run(["bjobs", "-a", "-o", "jobid stat job_name", "-json", target],
-                           capture_output=True, text=True)
-    assert json.loads(bjobs.stdout)["RECORDS"][0]["STAT"] == "USUSP"
+    deadline = time.monotonic() + 30  # mbatchd records the stop when sbatchd reports it
+    while True:
+        bjobs = subprocess.run(["bjobs", "-a", "-o", "jobid stat job_name", "-json", target],
+                               capture_output=True, text=True)
+        stat = json.loads(bjobs.stdout)["RECORDS"][0].get("STAT")
+        if stat == "USUSP":
+            break
+        assert time.monotonic() < deadline, bjobs.stdout
+        time.sleep(0.3)
     assert job.watcher.get_state(job.job_id, mode="force") == "RUNNING"
-    time.sleep(3)  # longer than the job's own work: stopped, it cannot have ended
     assert not job.done(force_check=True)
     assert subprocess.run(["bresume", target], capture_output=True).returncode == 0
+    release.write_text("go")  # only now may it end: it cannot have ended while stopped
     wait(job)
     assert job.result() == 3 and job.state == "COMPLETED"
 
 
-def sleep_then_add(started: str, seconds: float) -> int:
+def wait_then_add(started: str, release: str) -> int:
+    """Runs until the test releases it (a file), not for a fixed time the test must beat."""
     Path(started).write_text("ok")
-    time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} never came")
+        time.sleep(0.2)
     return 3

@@ -5,6 +5,7 @@ EMA thresholds included)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -58,8 +59,11 @@ def config(tmp_path: Path, name: str, model: Path, data: Path, method: str = "li
 
 
 def run(path: Path, signal_after_step: int | None = None) -> subprocess.CompletedProcess:
+    # unbuffered: the trainer's loss lines must reach us as they are logged, not in blocks at
+    # the end (then the signal would come after the last step)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.runtime", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out = []
     if signal_after_step is not None:
         for line in proc.stdout:  # the trainer logs every 2 steps

@@ -164,13 +164,16 @@ def test_a_ledger_id_is_never_an_option_or_every_job(tmp_path, quick, monkeypatc
 
 
 # --- the real schedulers ------------------------------------------------------------------
+# jobs that must still be running after the freeze, however fast the machine: they would train
+# for hours; each test cancels them at its end (the scheduler fixtures too, pass or fail), and
+# nothing waits for them to finish
 LONG = """
 name: {name}
 grid: {{task: [sst2], method: [fp32], seed: [1, 2]}}
 base:
   model_name_or_path: {model}
   data_dir: {data}
-  finetune_epochs: 500
+  finetune_epochs: 100000
   max_train_samples: 64
   max_eval_samples: 32
 resources: {{cpus: 1, mem: 1000, time: 30}}
