@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 import time
-from importlib.resources import files
 from typing import Any
 
 import jinja2
 
+import templates
 from analysis.baselines import collapse_reason
 from analysis.blocks import EXTRAS, Block, sheet_rows
 from analysis.results import Collection
@@ -114,7 +114,7 @@ def render(collection: Collection, blocks: list[Block], summaries: list[TaskSumm
     unfinished = [r for r in runs if r.state != "completed"]
     collapsed = [(r, reason) for r in runs if r.metrics
                  and (reason := collapse_reason(r.task, r.metrics))]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(files("templates"))),
+    env = jinja2.Environment(loader=templates.loader(),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     names = sorted({r.sweep for r in runs if r.sweep}) or sorted({s.name for s in

@@ -17,7 +17,7 @@ from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.running import rel_path, states
 from jobs.safeyaml import control_char
-from jobs.scripts import label, render_local, render_staged_submission, write_configs
+from jobs.scripts import label, render_staged_submission, write_configs
 from jobs.spec import SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
 from quantlib.errors import UserError, os_error
 from quantlib.jobdir import LEDGER, now, valid_id
@@ -49,9 +49,12 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
         print("", *notes, sep="\n", file=out)
     print(f"\nscripts in {rel_path(sweep_dir / 'scripts')}; would run:", file=out)
     if not be.scheduler:
-        for job in jobs:
-            script = be.render_single(spec, job, configs[job.id], sweep_dir)
-            print(f"  {be.submit_line(Path(rel_path(script)), job.after)}", file=out)
+        for script, chunk in be.render(spec, jobs, configs, sweep_dir):
+            first, last = be.first_index, be.first_index + len(chunk) - 1
+            print(f"  {be.index_var}=N {be.submit_line(Path(rel_path(script)))}  # N = "
+                  + (f"{first}..{last}: {len(chunk)} jobs" if last > first else f"{first}: 1 job")
+                  + (" (a later-stage job once its parent completed)"
+                     if any(j.after for j in chunk) else ""), file=out)
     elif spec.staged:
         script, lines = render_staged_submission(be, spec, jobs, configs, sweep_dir)
         print(f"  (all of it: bash {shlex.quote(rel_path(script))})", file=out)
@@ -96,11 +99,11 @@ def _check_sweep_dir(spec: Spec, jobs: list[Job]) -> None:
     configs a launch would overwrite."""
     where = Path(spec.sweep_dir)
     own = set(SWEEP_FILES)
+    base = os.path.join(os.path.abspath(where), "")
     for job in jobs:  # the first component of each job's output directory in the sweep's
-        try:
-            own.add(Path(job.output_dir).absolute().relative_to(where.absolute()).parts[0])
-        except (ValueError, IndexError):
-            continue
+        out = os.path.abspath(job.output_dir)
+        if out.startswith(base) and len(out) > len(base):
+            own.add(out[len(base):].split(os.sep, 1)[0])
     try:
         if not where.exists():
             return
@@ -308,8 +311,10 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         ledger.save()
         _writable(sweep_dir / "logs", "job logs")
         configs = write_configs(spec, todo, sweep_dir)
-        work = [(j, render_local(spec, j, configs[j.id], sweep_dir), label(spec, j))
-                for j in todo]
+        be = backends.get("local")
+        work = [(j, (script, i), label(spec, j))
+                for script, chunk in be.render(spec, todo, configs, sweep_dir)
+                for i, j in enumerate(chunk, be.first_index)]
         runner = LocalRun(ledger, work, max_parallel, res.gpus if pool else 0, pool,
                           sweep_dir / "logs", adopted=[(j, label(spec, j)) for j in adopted])
         rc = runner.run()

@@ -137,10 +137,14 @@ def log_path(ledger: Ledger, entry: dict[str, Any]) -> str:
 
 def rel_path(path: str | os.PathLike) -> str:
     """A path as the user can type it from here (relative where that is possible)."""
+    text = os.fspath(path)
+    here = os.path.join(os.getcwd(), "")
+    if text.startswith(here) and os.path.normpath(text) == text:  # the common case, cheaply
+        return text[len(here):]
     try:
-        return os.path.relpath(path)
+        return os.path.relpath(text)
     except ValueError:
-        return path
+        return text
 
 
 REASON_WIDTH = 60  # the table's reason column; --long and `sweep logs` show it whole

@@ -29,6 +29,7 @@ from quantlib.jobdir import (
     CONFIG,
     is_complete,
     now,
+    read_config,
     read_json,
     read_status,
     write_results,
@@ -62,19 +63,19 @@ def main(argv: list[str] | None = None, reraise: bool = False) -> int:
     """Run one job; the exit status says how it ended. reraise: a failure's exception goes to
     the caller (submitit, which logs its traceback) instead of being printed here: once."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m jobs.runtime CONFIG.json", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: python -m jobs.runtime CONFIG.json | CONFIGS.jsonl ENTRY", file=sys.stderr)
         return 2
     try:
-        config = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        config = read_config(argv[0], int(argv[1]) if len(argv) == 2 else None)
         out_dir = Path(config["output_dir"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"{LOG} {argv[0]}: cannot read the job config ({exc})", file=sys.stderr)
+        print(f"{LOG} {' '.join(argv)}: cannot read the job config ({exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     nproc = int(config.get("nproc_per_node", 1) or 1)
     if nproc > 1 and "RANK" not in os.environ:  # the job itself: its ranks under torchrun
-        return _requeue_if_asked(run_ddp(argv[0], nproc, out_dir), config, out_dir)
+        return _requeue_if_asked(run_ddp(argv, nproc, out_dir), config, out_dir)
     if "RANK" not in os.environ:
         return _requeue_if_asked(_main_rank(config, out_dir, reraise), config, out_dir)
     return _main_rank(config, out_dir, reraise)
@@ -328,7 +329,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
+def run_ddp(config_argv: list[str], nproc: int, out_dir: Path) -> int:
     """The job on `nproc` ranks under torchrun; its exit status (REQUEUE when the scheduler's
     warning stopped it at a checkpoint). The warning reaches this process (and, where the
     scheduler signals the job's processes, maybe the ranks too): it is passed to every rank,
@@ -340,7 +341,7 @@ def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", "-m", "jobs.runtime", config_path],
+                             f"--nproc_per_node={nproc}", "-m", "jobs.runtime", *config_argv],
                             preexec_fn=agent_ignores_warning)
     warned: list[int] = []
 
@@ -367,17 +368,18 @@ def run_ddp(config_path: str, nproc: int, out_dir: Path) -> int:
     return rc
 
 
-def run_config(config_path: str) -> dict:
+def run_config(config_path: str, entry: int | None = None) -> dict:
     """What cluster jobs run (pickled by reference by submitit): the entry point, in process.
     Returns the results; raises when the job did not complete, so the scheduler's record and
     submitit's agree with status.json."""
-    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    config = read_config(config_path, entry)
+    argv = [str(config_path)] + ([] if entry is None else [str(entry)])
     out_dir = Path(config["output_dir"])
     nproc = int(config.get("nproc_per_node", 1))
     if nproc > 1:  # several GPUs: DDP under torchrun, inside this job
-        rc = run_ddp(config_path, nproc, out_dir)
+        rc = run_ddp(argv, nproc, out_dir)
     else:  # a failure raises its own exception: submitit logs its traceback, once
-        rc = main([config_path], reraise=True)
+        rc = main(argv, reraise=True)
     if rc == preemption.REQUEUE:
         import submitit
 

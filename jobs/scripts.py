@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from jobs.snapshot import snapshot
 from jobs.spec import Spec
 from quantlib.atomic import write_text
 from quantlib.configs import with_defaults
-from quantlib.jobdir import RUN_KEYS, STAGE_KEYS
+from quantlib.jobdir import RUN_KEYS, STAGE_KEYS, ConfigRef, write_configs_file
 from templates import environment
 
 PATH_KEYS = ("data_dir",)
@@ -29,19 +28,25 @@ class ScriptJob:
     id: str
     label: str
     array_index: int
-    config_path: Path
+    config: ConfigRef
 
 
-def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
-    """The full configuration the job runs with: defaults filled in, local paths absolute."""
+def runtime_config(spec: Spec, job: Job, local: dict[str, str | None] | None = None
+                   ) -> dict[str, Any]:
+    """The full configuration the job runs with: defaults filled in, local paths absolute.
+    `local`: a cache of which values name local paths (write_configs: one stat per value, not
+    per job)."""
     config = with_defaults(job.config)
-    for key in PATH_KEYS:
-        if config.get(key):
-            config[key] = str(Path(config[key]).absolute())
-    for key in MAYBE_PATH_KEYS:
+    local = {} if local is None else local
+    for key in PATH_KEYS + MAYBE_PATH_KEYS:
         value = config.get(key)
-        if value and Path(value).exists():
-            config[key] = str(Path(value).absolute())
+        if not value or not isinstance(value, str):
+            continue
+        if value not in local:
+            path = Path(value)
+            local[value] = str(path.absolute()) if path.exists() else None
+        if local[value] is not None or key in PATH_KEYS:
+            config[key] = local[value] or str(Path(value).absolute())
     for key, value in config.items():  # a later stage starts from its parent's saved model
         if isinstance(value, str) and value.startswith(MARKER):
             assert job.upstream_dir is not None and value == MARKER + str(job.after)
@@ -56,15 +61,12 @@ def runtime_config(spec: Spec, job: Job) -> dict[str, Any]:
     return config
 
 
-def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, Path]:
-    paths = {}
-    for job in jobs:
-        path = sweep_dir / "configs" / f"{job.id}.json"
-        # one line, by the C encoder (indent would take the pure-Python one: 10,000 configs)
-        write_text(path, json.dumps(runtime_config(spec, job), sort_keys=True) + "\n",
-                   durable=False)
-        paths[job.id] = path
-    return paths
+def write_configs(spec: Spec, jobs: list[Job], sweep_dir: Path) -> dict[str, ConfigRef]:
+    """The jobs' runtime configs in one file (quantlib.jobdir.write_configs_file): where each
+    job's entry is, by job id."""
+    local: dict[str, str | None] = {}
+    refs = write_configs_file(sweep_dir, [runtime_config(spec, job, local) for job in jobs])
+    return {job.id: ref for job, ref in zip(jobs, refs)}
 
 
 def label(spec: Spec, job: Job) -> str:
@@ -91,13 +93,13 @@ def _common(spec: Spec, sweep_dir: Path) -> dict[str, Any]:
             "log_dir": str(sweep_dir / "logs"), "code": str(snapshot(sweep_dir)), "lsf": False}
 
 
-def render_local(spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
-    path = sweep_dir / "scripts" / f"{job.id}.sh"
-    text = _env.get_template("job.sh.j2").render(
-        **_common(spec, sweep_dir), script_path=str(path), index_var=None,
-        jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
-    write_text(path, text, mode=0o755, durable=False)
-    return path
+
+
+def render_local(spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef], sweep_dir: Path
+                 ) -> list[tuple[Path, list[Job]]]:
+    """The local backend's scripts: one per chunk of at most MAX_ARRAY jobs, as a cluster
+    array's (the launcher runs job N of a script as `QUANTSWEEP_TASK=N bash SCRIPT`)."""
+    return _render_chunks("local", spec, jobs, configs, sweep_dir) if jobs else []
 
 
 def _lsf_vars(spec: Spec, sweep_dir: Path, site: Any, name: str, count: int | None) -> dict:
@@ -118,19 +120,21 @@ def _lsf_vars(spec: Spec, sweep_dir: Path, site: Any, name: str, count: int | No
             "lsf_notes": notes(spec.resources, site)}
 
 
-def render_arrays_with_jobs(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+def render_arrays_with_jobs(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef],
                             sweep_dir: Path, tag: str = "", site: Any = None,
                             chunk: int = MAX_ARRAY) -> list[tuple[Path, list[Job]]]:
-    """One array script per chunk of at most `chunk` jobs (`kind`: lsf or slurm; `site`: the
+    """One array script per chunk of at most `chunk` jobs (`kind`: lsf, slurm, local; `site`: the
     LSF dialect, jobs.backends.lsf.Site), with the jobs of each script in array order."""
     return _render_chunks(kind, spec, jobs, configs, sweep_dir, tag, site, chunk) if jobs else []
 
 
-def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Path],
+def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef],
                    sweep_dir: Path, tag: str = "", site: Any = None, chunk: int = MAX_ARRAY
                    ) -> list[tuple[Path, list[Job]]]:
-    template = _env.get_template(f"{kind}_array.sh.j2")
-    base = 1 if kind == "lsf" else 0  # LSF array indices start at 1, SLURM's at 0
+    template = _env.get_template("job.sh.j2" if kind == "local" else f"{kind}_array.sh.j2")
+    from jobs import backends
+
+    backend = backends.get(kind)
     chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
     res = spec.resources
     paths = []
@@ -141,17 +145,17 @@ def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Pa
         extra = _lsf_vars(spec, sweep_dir, site, name, len(chunk)) if kind == "lsf" else {}
         text = template.render(
             **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
-            index_var="LSB_JOBINDEX" if kind == "lsf" else "SLURM_ARRAY_TASK_ID",
+            index_var=backend.index_var,
             parallelism=res.array_parallelism, first=chunk[0].index, last=chunk[-1].index,
             total=len(jobs),
-            jobs=[ScriptJob(j.id, label(spec, j), base + i, configs[j.id])
+            jobs=[ScriptJob(j.id, label(spec, j), backend.first_index + i, configs[j.id])
                   for i, j in enumerate(chunk)])
         write_text(path, text, mode=0o755, durable=False)
         paths.append((path, chunk))
     return paths
 
 
-def render_single(kind: str, spec: Spec, job: Job, config_path: Path, sweep_dir: Path,
+def render_single(kind: str, spec: Spec, job: Job, config: ConfigRef, sweep_dir: Path,
                   site: Any = None) -> Path:
     """A cluster script for one job (not an array): later-stage jobs, each with its own
     dependency given at submission."""
@@ -162,13 +166,14 @@ def render_single(kind: str, spec: Spec, job: Job, config_path: Path, sweep_dir:
         **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
         index_var=None,
         parallelism=None, first=job.index, last=job.index, total=job.index,
-        jobs=[ScriptJob(job.id, label(spec, job), 1, config_path)])
+        jobs=[ScriptJob(job.id, label(spec, job), 1, config)])
     write_text(path, text, mode=0o755, durable=False)
     return path
 
 
 def render_staged_submission(backend: Any, spec: Spec, jobs: list[Job],
-                             configs: dict[str, Path], sweep_dir: Path) -> tuple[Path, list[str]]:
+                             configs: dict[str, ConfigRef], sweep_dir: Path
+                             ) -> tuple[Path, list[str]]:
     """The submission of a staged sweep as a shell script: the first stage as arrays, every
     later job on its own, waiting for its parent (SLURM afterok, LSF done()). `backend`: a
     jobs.backends Backend. Returns the script and its command lines."""

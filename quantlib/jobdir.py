@@ -10,7 +10,9 @@ A job's output directory:
 - eval_results.txt   the old run_glue format: one `key = value` line per metric, sorted
 
 A sweep directory: ledger.json (jobs.ledger: every job launched; paths in it relative to the
-sweep directory, `entry_path`), .launch.lock (held by a running launch: `launcher_active`).
+sweep directory, `entry_path`), .launch.lock (held by a running launch: `launcher_active`),
+configs/<digest>.jsonl (the runtime configs of the jobs a launch submitted, one JSON line per
+job: a job reads its own entry by index, `read_config`; one file per launch, not one per job).
 
 Files are the truth: a job whose results exist is completed whatever the scheduler says; a job
 the scheduler no longer knows and that left no results is failed, never "running" forever; a
@@ -27,6 +29,7 @@ import re
 import socket
 import stat
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,57 @@ LAUNCH_LOCK = ".launch.lock"  # held by a running launch of the sweep (jobs.ledg
 SCHEDULER_ID = re.compile(r"[1-9][0-9]{0,17}(?:_[0-9]{1,9}|\[[0-9]{1,9}\])?")
 # a scheduler's state that its answer leaves open (the reason follows): shown as `unknown`
 UNSURE = "UNSURE:"
+
+
+CONFIGS_DIR = "configs"  # in the sweep directory: the launches' config files (write_configs)
+
+
+@dataclass(frozen=True)
+class ConfigRef:
+    """Where a job's runtime config is: entry `entry` (0-based line) of the JSON-lines `path`."""
+
+    path: Path
+    entry: int
+
+    def argv(self) -> list[str]:
+        """The arguments of `python -m jobs.runtime` that name it."""
+        return [str(self.path), str(self.entry)]
+
+
+def write_configs_file(sweep_dir: str | os.PathLike, configs: list[dict[str, Any]]
+                       ) -> list[ConfigRef]:
+    """Write the configs as one JSON-lines file under configs/, named by its content (a file
+    that jobs already queued may read is never rewritten; an unchanged relaunch rewrites
+    nothing). One line per config, by the C encoder."""
+    import hashlib
+
+    lines = [json.dumps(c, sort_keys=True, ensure_ascii=True) for c in configs]
+    text = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(sweep_dir) / CONFIGS_DIR / f"{digest}.jsonl"
+    if not (path.is_file() and path.stat().st_size == len(text)):
+        write_text(path, text, durable=False)
+    return [ConfigRef(path, i) for i in range(len(configs))]
+
+
+def read_config(path: str | os.PathLike, entry: int | None = None) -> dict[str, Any]:
+    """A job's runtime config: the JSON file `path`, or entry `entry` of the JSON-lines file
+    `path`. Raises OSError / ValueError when it cannot be read."""
+    if entry is None:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    else:
+        if entry < 0:
+            raise ValueError(f"entry {entry} is negative")
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if i == entry:
+                    config = json.loads(line)
+                    break
+            else:
+                raise ValueError(f"it has no entry {entry}")
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    return config
 
 
 def now() -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO, sweep_cli, write_spec
+from sweepfiles import sweep_configs
+
+from quantlib.jobdir import read_config
 
 INQ_MRPC = REPO / "sweeps" / "inq_mrpc.yaml"
 
@@ -34,10 +36,11 @@ def test_inq_mrpc_lsf_dry_run(tmp_path):
         assert line in text.splitlines(), line
     assert "-gpu" not in text  # this site asks for GPUs through rusage
     # every array element maps to its own config, which the entry point reads
-    cases = [line for line in text.splitlines() if "CONFIG=" in line and ")" in line]
-    assert len(cases) == 24 and cases[0].strip().startswith("1) JOB_ID=")
-    config = json.loads((tmp_path / "runs/inq_mrpc/configs" /
-                         f"{table[0][0]}.json").read_text())
+    cases = [line for line in text.splitlines() if "ENTRY=" in line and ")" in line]
+    assert len(cases) == 24 and cases[0].strip() == f"1) JOB_ID={table[0][0]}; ENTRY=0 ;;"
+    (configs,) = (tmp_path / "runs/inq_mrpc/configs").iterdir()  # one file: a line per job
+    assert f"CONFIG={configs}  #" in text
+    config = sweep_configs(tmp_path / "runs/inq_mrpc")[table[0][0]]
     assert (config["task"], config["method"], config["nbits"]) == ("mrpc", "lin", 1)
     assert config["batch_size"] == 8 and config["learning_rate"] == 2e-5
     assert config["finetune_epochs"] + 3 * config["epochs_per_stage"] == 9
@@ -59,7 +62,7 @@ def test_array_element_runs_its_own_job(tmp_path):
     assert out.returncode == 0, out.stderr
     job_id, *cmd = out.stdout.split("\n")[-2].split()
     assert cmd[:2] == ["-m", "jobs.runtime"]
-    config = json.loads(open(cmd[2]).read())
+    config = read_config(cmd[2], int(cmd[3]))  # element 10: the 10th job's entry
     assert (config["method"], config["nbits"], config["job_id"]) == ("p2", 2, job_id)
     bad = subprocess.run(["bash", str(script)], env={"LSB_JOBINDEX": "25"},
                          capture_output=True, text=True)
@@ -161,9 +164,12 @@ def test_every_shipped_sweep_dry_runs(tmp_path, name, backend):
     proc = sweep_cli("launch", str(spec), "--backend", backend, "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"sweep {name}: {SEED_STUDIES[name]} jobs (dry run")
-    configs = [json.loads(p.read_text())
-               for p in (tmp_path / "runs" / name / "configs").glob("*.json")]
+    configs = list(sweep_configs(tmp_path / "runs" / name).values())
     assert len(configs) == SEED_STUDIES[name]
+    # a handful of files: the configs in one, a script per array (staged: per later job)
+    files = [p for p in (tmp_path / "runs" / name).rglob("*") if p.is_file()]
+    assert len(list((tmp_path / "runs" / name / "configs").iterdir())) == 1
+    assert len(files) <= 12 + (SEED_STUDIES[name] if backend != "local" else 0), files
     if name == "distill_quant_glue":  # teachers zipped with their tasks
         assert all(c["model_name_or_path"].endswith("-" + c["task"]) for c in configs)
     if name == "ptq_qat_glue":
@@ -189,6 +195,7 @@ def test_dry_run_shows_stage_dependencies(tmp_path, backend):
     for jid, parent in after.items():
         expected = {"finetune": "-", "ptq": "finetune", "qat": "ptq"}[stages[jid]]
         assert (parent if parent == "-" else stages[parent]) == expected
+    configs = sweep_configs(tmp_path / "runs" / "ptq_squad_modes")
     driver = tmp_path / "runs" / "ptq_squad_modes" / "scripts" / f"submit_{backend}.sh"
     lines = [x for x in driver.read_text().splitlines() if x.startswith(("A1=", "J_"))]
     assert len(lines) == 7 and lines[0].startswith("A1=")
@@ -206,13 +213,12 @@ def test_dry_run_shows_stage_dependencies(tmp_path, backend):
         text = script.read_text()
         assert "--array" not in text and "#BSUB -J \"ptq_squad_modes." in text or \
             "#SBATCH --job-name=ptq_squad_modes." in text
-        assert f"CONFIG={tmp_path}/runs/ptq_squad_modes/configs/{jid}.json" in text
+        assert f"CONFIG={tmp_path}/runs/ptq_squad_modes/configs/" in text
+        assert f"ENTRY={[j['job_id'] for j in configs.values()].index(jid)}\n" in text
     for line in proc.stdout.splitlines():  # the listing shows the same commands
         if line.strip().startswith("J_"):
             assert line.strip() in lines
     # each later-stage job starts from its parent's saved model; parents save theirs
-    configs = {p.stem: json.loads(p.read_text())
-               for p in (tmp_path / "runs" / "ptq_squad_modes" / "configs").glob("*.json")}
     for jid, config in configs.items():
         if config["after"]:
             parent = configs[config["after"]]
@@ -224,10 +230,11 @@ def test_local_dry_run_lists_jobs_in_stage_order(tmp_path):
     spec = REPO / "sweeps" / "distilbert_squad.yaml"
     proc = sweep_cli("launch", str(spec), "--backend", "local", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    runs = [x for x in proc.stdout.splitlines() if x.strip().startswith("bash ")]
-    assert len(runs) == 2 and "after" not in runs[0] and "# after " in runs[1]
-    configs = [json.loads(p.read_text())
-               for p in (tmp_path / "runs" / "distilbert_squad" / "configs").glob("*.json")]
+    runs = [x.strip() for x in proc.stdout.splitlines() if "bash " in x]
+    assert runs == ["QUANTSWEEP_TASK=N bash runs/distilbert_squad/scripts/local_array_1.sh  # "
+                    "N = 1..2: 2 jobs (a later-stage job once its parent completed)"]
+    configs = list(sweep_configs(tmp_path / "runs" / "distilbert_squad").values())
+    assert [c["stage"] for c in configs] == ["teacher", "distil"]  # the order they run in
     student = next(c for c in configs if c["method"] == "distil-squad")
     teacher = next(c for c in configs if c["method"] == "fp32")
     assert student["teacher_name_or_path"] == teacher["output_dir"] + "/model"

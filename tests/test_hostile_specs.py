@@ -53,7 +53,7 @@ def test_no_value_runs_as_code_in_any_script(tmp_path, payload):
                          "--sweep-dir", "runs/sweep $(touch PWNED)", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     scripts = sorted((tmp_path / "runs" / "sweep $(touch PWNED)" / "scripts").glob("*.sh"))
-    assert len(scripts) == 3 + 2  # three local jobs, one LSF and one SLURM array
+    assert len(scripts) == 3  # a local, an LSF and a SLURM array
     for script in scripts:
         text = script.read_text()
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -63,7 +63,7 @@ def test_no_value_runs_as_code_in_any_script(tmp_path, payload):
         out = tmp_path / f"{script.name}.out"
         for index in ("1", "0"):  # LSF numbers array elements from 1, SLURM from 0
             env = {**os.environ, "FAKE_OUT": str(out), "LSB_JOBINDEX": index,
-                   "SLURM_ARRAY_TASK_ID": index}
+                   "SLURM_ARRAY_TASK_ID": index, "QUANTSWEEP_TASK": index}
             run = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=60)
             if run.returncode == 0:

@@ -32,7 +32,7 @@ def test_dry_run_scripts_of_every_backend(tmp_path):
         proc = sweep_cli("launch", str(spec), "--backend", backend, "--dry-run", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     scripts = sorted((tmp_path / "runs/envs/scripts").glob("*.sh"))
-    assert len(scripts) == 4
+    assert len(scripts) == 3  # the local script of both jobs, an LSF and a SLURM array
     for script in scripts:
         lines = script.read_text().splitlines()
         start = lines.index(EXPECTED[0])
@@ -54,7 +54,7 @@ def test_the_exports_reach_the_job(tmp_path):
     script = next((tmp_path / "runs/envs/scripts").glob("*.sh"))
     out = tmp_path / "env.txt"
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True,
-                   env={**os.environ, "FAKE_OUT": str(out)})
+                   env={**os.environ, "FAKE_OUT": str(out), "QUANTSWEEP_TASK": "1"})
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
     assert env["HF_HOME"] == "/scratch/my hf" and env["TAG"] == "a'b $(x)"
     assert env["N"] == "3" and env["FROM_SETUP"] == "1" and env["HF_HUB_OFFLINE"] == "1"

@@ -35,7 +35,7 @@ def runner(tmp_path, n_jobs, max_parallel, gpus, pool, fail_index=None):
         script = tmp_path / f"job{i}.sh"
         script.write_text(JOB.format(out=job.output_dir,
                                      fail="exit 3" if i == fail_index else ""))
-        work.append((job, script, f"seed={i + 1}"))
+        work.append((job, (script, 1), f"seed={i + 1}"))
     stream = io.StringIO()
     run = LocalRun(ledger, work, max_parallel, gpus, pool, tmp_path / "sw" / "logs", stream)
     return run, jobs, ledger, stream

@@ -3,8 +3,6 @@ requeue whose checkpoint did not advance past the previous one stops the job as 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from conftest import write_spec
 
@@ -59,9 +57,10 @@ def test_max_requeues_in_the_spec(tmp_path):
     from jobs.grid import expand
     from jobs.scripts import write_configs
     from jobs.spec import load_spec
+    from quantlib.jobdir import read_config
 
     spec = load_spec(write_spec(tmp_path, "name: r\ngrid: {task: [sst2], method: [fp32]}\n"
                                           "resources: {max_requeues: 5}\n"))
     jobs = expand(spec)
-    (path,) = write_configs(spec, jobs, tmp_path / "sw").values()
-    assert json.loads(path.read_text())["max_requeues"] == 5
+    (ref,) = write_configs(spec, jobs, tmp_path / "sw").values()
+    assert read_config(ref.path, ref.entry)["max_requeues"] == 5

@@ -28,7 +28,7 @@ from jobs.scripts import (
 )
 from jobs.spec import Spec, parse_spec
 from quantlib.configs import with_defaults
-from quantlib.jobdir import RUN_KEYS, STAGE_KEYS
+from quantlib.jobdir import RUN_KEYS, STAGE_KEYS, read_config
 
 LSF10 = Site("lsf10", "MB", "test")
 HOSTILE = "a'b \"c\" $(touch PWNED) `touch PWNED` ; touch PWNED #x \\"
@@ -117,12 +117,21 @@ def test_write_configs_one_line_each(here):
     spec = spec_of(here, SIMPLE)
     jobs = expand(spec)
     sweep = here / "sw"
-    paths = write_configs(spec, jobs, sweep)
-    assert paths == {j.id: sweep / "configs" / f"{j.id}.json" for j in jobs}
+    refs = write_configs(spec, jobs, sweep)
+    (path,) = {r.path for r in refs.values()}  # one file for the launch, a line per job
+    assert list((sweep / "configs").iterdir()) == [path] and path.suffix == ".jsonl"
+    assert [refs[j.id].entry for j in jobs] == list(range(len(jobs)))
+    assert path.read_text() == "".join(json.dumps(runtime_config(spec, j), sort_keys=True)
+                                       + "\n" for j in jobs)
     for job in jobs:
-        text = paths[job.id].read_text()
-        assert text == json.dumps(runtime_config(spec, job), sort_keys=True) + "\n"
-        assert text.count("\n") == 1
+        assert read_config(path, refs[job.id].entry) == runtime_config(spec, job)
+    before = path.stat().st_mtime_ns
+    assert write_configs(spec, jobs, sweep) == refs  # unchanged: the same file, not rewritten
+    assert path.stat().st_mtime_ns == before
+    other = write_configs(spec, jobs[:1], sweep)[jobs[0].id]  # another launch: another file
+    assert other.path != path and other.entry == 0 and path.is_file()
+    with pytest.raises(ValueError, match="no entry 5"):
+        read_config(path, 5)
 
 
 def test_labels(here):
@@ -168,24 +177,26 @@ def test_a_local_script_quotes_every_value_and_runs_only_the_entry_point(here):
     sweep = Path(spec.sweep_dir)
     job = expand(spec)[0]
     config = write_configs(spec, [job], sweep)[job.id]
-    script = render_local(spec, job, config, sweep)
-    assert script == sweep / "scripts" / f"{job.id}.sh"
+    ((script, chunk),) = render_local(spec, [job], {job.id: config}, sweep)
+    assert script == sweep / "scripts" / "local_array_1.sh" and chunk == [job]
     assert script.stat().st_mode & 0o777 == 0o755
     bash_n(script)
     lines = script.read_text().splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
     for line in (f"export HF_HOME={shlex.quote(HOSTILE)}", "export OTHER='$HOME'",
-                 "export FROM_SETUP=1", f"JOB_ID={job.id}", f"CONFIG={shlex.quote(str(config))}",
-                 f"cd {shlex.quote(str(here))}",
-                 f"exec {shlex.quote(str(python))} -m jobs.runtime \"$CONFIG\""):
+                 "export FROM_SETUP=1", f"  1) JOB_ID={job.id}; ENTRY=0 ;;",
+                 f"CONFIG={shlex.quote(str(config.path))}  # the jobs' configs, one JSON line "
+                 "each (ENTRY: the job's, from 0)", f"cd {shlex.quote(str(here))}",
+                 f"exec {shlex.quote(str(python))} -m jobs.runtime \"$CONFIG\" \"$ENTRY\""):
         assert line in lines, line
     assert lines.index("set -euo pipefail") > lines.index("export FROM_SETUP=1")
     out = here / "called.txt"
     run = subprocess.run(["bash", str(script)], cwd=here, capture_output=True, text=True,
-                         env={**os.environ, "FAKE_OUT": str(out)}, timeout=60)
+                         env={**os.environ, "FAKE_OUT": str(out), "QUANTSWEEP_TASK": "1"},
+                         timeout=60)
     assert run.returncode == 0, run.stderr
     called = out.read_text().splitlines()
-    assert called[:3] == ["-m", "jobs.runtime", str(config)]
+    assert called[:4] == ["-m", "jobs.runtime", str(config.path), "0"]
     assert f"HF_HOME={HOSTILE}" in called and "OTHER=$HOME" in called
     assert f"QUANTSWEEP_JOB_ID={job.id}" in called and "PYTHONSAFEPATH=1" in called
     assert not list(here.rglob("PWNED")), "a value ran"
@@ -210,7 +221,9 @@ def test_slurm_arrays_quote_and_chunk(here):
                      "#SBATCH --time=04:00:00", "#SBATCH --mem=4096M",
                      "#SBATCH --partition=short", "#SBATCH --account=p-1",
                      "#SBATCH --signal=B:USR2@90", "export QUANTSWEEP_REQUEUE=slurm",
-                     f"  0) JOB_ID={job.id}; CONFIG={shlex.quote(str(configs[job.id]))} ;;",
+                     f"  0) JOB_ID={job.id}; ENTRY={configs[job.id].entry} ;;",
+                     f"CONFIG={shlex.quote(str(configs[job.id].path))}  # the jobs' configs, one "
+                     "JSON line each (ENTRY: the job's, from 0)",
                      f"export HF_HOME={shlex.quote(HOSTILE)}"):
             assert line in lines, (path.name, line)
         for line in lines:  # each directive one option: the sweep directory's quoted
@@ -242,8 +255,7 @@ def test_lsf_arrays_number_from_one(here):
     logs = str(sweep / "logs")
     for line in ('#BSUB -J "s[1-2]"', f"#BSUB -o {shlex.quote(logs + '/%J_%I.out')}",
                  "#BSUB -q short", "#BSUB -P p-1", "#BSUB -W 4:00",
-                 f"  1) JOB_ID={jobs[0].id}; CONFIG={shlex.quote(str(configs[jobs[0].id]))} ;;",
-                 f"  2) JOB_ID={jobs[1].id}; CONFIG={shlex.quote(str(configs[jobs[1].id]))} ;;",
+                 f"  1) JOB_ID={jobs[0].id}; ENTRY=0 ;;", f"  2) JOB_ID={jobs[1].id}; ENTRY=1 ;;",
                  'case "${LSB_JOBINDEX:-}" in'):
         assert line in lines, line
     exit_line = next(line for line in lines if line.startswith("rm -f "))

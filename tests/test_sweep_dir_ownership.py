@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from conftest import write_spec
+from sweepfiles import sweep_configs
 
 SPEC = "name: {name}\ngrid: {{task: [rte], method: [fp32], seed: [1, 2]}}\n"
 
@@ -56,7 +57,7 @@ def test_another_sweeps_directory_is_refused_and_its_own_is_fine(tmp_path, monke
     assert rc == 0, err  # its own: fine
     # a dry run's files and the sweep's job directories (its ledger gone) are the sweep's too
     (sweep / "ledger.json").unlink()
-    config = json.loads(next((sweep / "configs").glob("*.json")).read_text())
+    config = next(iter(sweep_configs(sweep).values()))
     (tmp_path / config["output_dir"]).mkdir(parents=True)
     rc, err = launch(monkeypatch, tmp_path, capsys, str(first), "--dry-run", "--sweep-dir",
                      str(sweep))

@@ -30,6 +30,7 @@ from quantlib.preemption import REQUEUE  # noqa: F401 (the exit status every bac
 if TYPE_CHECKING:
     from jobs.grid import Job
     from jobs.spec import Spec
+    from quantlib.jobdir import ConfigRef
 
 # answers of a scheduler that is there but did not answer this query (LSF's mbatchd when busy,
 # SLURM's slurmctld / slurmdbd under load): never read as "the job is unknown"
@@ -122,16 +123,14 @@ class Backend(ABC):
     name: ClassVar[str]
     command: ClassVar[str | None] = None  # the submission command that must be on PATH
     scheduler: ClassVar[bool] = False  # True: a SchedulerBackend
+    index_var: ClassVar[str]  # the variable that tells a job of an array script which it is
+    first_index: ClassVar[int] = 0  # an array's first element (LSF numbers them from 1)
 
     # --- rendering (torch-free; the dry run and launch call the same code) ---------------
     @abstractmethod
-    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, Path], sweep_dir: Path,
+    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef], sweep_dir: Path,
                tag: str = "") -> list[tuple[Path, list[Job]]]:
         """The array scripts of `jobs` (one stage), with their jobs in array order."""
-
-    @abstractmethod
-    def render_single(self, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
-        """The script of one later-stage job (its dependency is given at submission)."""
 
     @abstractmethod
     def submit_line(self, script: Path, after: str | None = None) -> str:
@@ -201,7 +200,10 @@ class SchedulerBackend(Backend):
                             f"{self.name.upper()} login node, or use --dry-run to render the "
                             "scripts")
 
-    first_index: ClassVar[int] = 0  # an array's first element (LSF numbers them from 1)
+
+    @abstractmethod
+    def render_single(self, spec: Spec, job: Job, config: ConfigRef, sweep_dir: Path) -> Path:
+        """The script of one later-stage job (its dependency is given at submission)."""
 
     @abstractmethod
     def send(self, script: Path, after: str | None = None) -> str:
@@ -209,7 +211,7 @@ class SchedulerBackend(Backend):
         gives. Raises RuntimeError with the scheduler's words when it refuses."""
 
     def submit(self, spec: Spec, jobs: list[Job], deps: list[str | None],
-               configs: dict[str, Path], sweep_dir: Path, tag: str = "") -> list[Submitted]:
+               configs: dict[str, ConfigRef], sweep_dir: Path, tag: str = "") -> list[Submitted]:
         """Submit one stage's jobs: the scripts render() writes, those without a dependency as
         arrays, each other one on its own after its dependency (a scheduler id). Returns them in
         order; raises Refused with what was taken before a refusal (logs: logs/<id>.out)."""

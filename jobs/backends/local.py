@@ -38,6 +38,7 @@ from quantlib.procs import alive, start_token
 
 if TYPE_CHECKING:
     from jobs.spec import Spec
+    from quantlib.jobdir import ConfigRef
 
 GRACE_SECONDS = 60.0
 POLL_SECONDS = 0.2
@@ -88,7 +89,7 @@ class _Running:
 @dataclass
 class LocalRun:
     ledger: Ledger
-    jobs: list[tuple[Job, Path, str]]  # (job, script, label)
+    jobs: list[tuple[Job, tuple[Path, int], str]]  # (job, (its script, its index there), label)
     max_parallel: int
     gpus_per_job: int
     gpu_pool: list[str]
@@ -165,7 +166,7 @@ class LocalRun:
             return 130
         return 1 if self.counts["failed"] or self.counts["skipped"] else 0
 
-    def _skip_blocked(self, pending: list[tuple[Job, Path, str]]) -> None:
+    def _skip_blocked(self, pending: list[tuple[Job, tuple[Path, int], str]]) -> None:
         """Jobs whose previous-stage job ended without completing never start."""
         changed = True
         while changed:
@@ -191,8 +192,9 @@ class LocalRun:
         print("\nsweep: interrupted: stopping running jobs (Ctrl-C again to kill them)",
               file=self.stream, flush=True)
 
-    def _start(self, job: Job, script: Path, gpus: list[str]) -> _Running:
+    def _start(self, job: Job, script: tuple[Path, int], gpus: list[str]) -> _Running:
         env = dict(os.environ)
+        env[LocalBackend.index_var] = str(script[1])
         if self.gpu_pool or self.gpus_per_job == 0:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing
@@ -200,7 +202,7 @@ class LocalRun:
         log_path = self.log_dir / f"{job.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")
-        proc = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(["bash", str(script[0])], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         entry = self.ledger.jobs[job.id]
         self.ledger.update(job.id, state="running", backend="local", pid=proc.pid,
@@ -295,18 +297,17 @@ class LocalBackend(Backend):
     """This machine: the launcher runs the jobs itself (LocalRun); no scheduler to ask."""
 
     name = "local"
+    index_var = "QUANTSWEEP_TASK"  # set by the launcher (LocalRun._start): job N of a script
+    first_index = 1
     scheduler = False
 
-    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, Path], sweep_dir: Path,
+    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef], sweep_dir: Path,
                tag: str = "") -> list[tuple[Path, list[Job]]]:
+        """Scripts of up to 1,000 jobs each, as a cluster's arrays (every stage's jobs together:
+        the launcher starts a later-stage job once its parent completed)."""
         from jobs.scripts import render_local
 
-        return [(render_local(spec, j, configs[j.id], sweep_dir), [j]) for j in jobs]
-
-    def render_single(self, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
-        from jobs.scripts import render_local
-
-        return render_local(spec, job, config_path, sweep_dir)
+        return render_local(spec, jobs, configs, sweep_dir)
 
     def dependency_option(self, ref: str) -> str:
         return f"# after {ref} completes"

@@ -44,6 +44,7 @@ from quantlib.jobdir import UNSURE, valid_id
 if TYPE_CHECKING:
     from jobs.grid import Job
     from jobs.spec import Spec
+    from quantlib.jobdir import ConfigRef
 
 # bjobs STAT -> submitit's state names; a suspended job is running, not finished
 STATES = {"PEND": "PENDING", "PROV": "PENDING", "WAIT": "PENDING", "PSUSP": "PENDING",
@@ -351,6 +352,7 @@ def begin_option(st: Site) -> str | None:
 
 class LsfBackend(SchedulerBackend):
     name = "lsf"
+    index_var = "LSB_JOBINDEX"
     command = "bsub"
 
     def site_limits(self) -> tuple[int | None, list[str]]:
@@ -364,7 +366,7 @@ class LsfBackend(SchedulerBackend):
                       ["LSF: bparams -l names no MAX_JOB_ARRAY_SIZE: arrays of at most 1000 "
                        "jobs (LSF's default)"])
 
-    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, Path], sweep_dir: Path,
+    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef], sweep_dir: Path,
                tag: str = "") -> list[tuple[Path, list[Job]]]:
         from jobs.scripts import render_arrays_with_jobs
 
@@ -372,10 +374,10 @@ class LsfBackend(SchedulerBackend):
                                        site=site(spec.resources),
                                        chunk=self.array_size(spec)[0])
 
-    def render_single(self, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+    def render_single(self, spec: Spec, job: Job, config: ConfigRef, sweep_dir: Path) -> Path:
         from jobs.scripts import render_single
 
-        return render_single("lsf", spec, job, config_path, sweep_dir,
+        return render_single("lsf", spec, job, config, sweep_dir,
                              site=site(spec.resources))
 
     def describe(self, spec: Spec) -> list[str]:
@@ -393,7 +395,7 @@ class LsfBackend(SchedulerBackend):
     first_index = 1  # LSF numbers array elements from 1
 
     def submit(self, spec: Spec, jobs: list[Job], deps: list[str | None],
-               configs: dict[str, Path], sweep_dir: Path, tag: str = "") -> list[Submitted]:
+               configs: dict[str, ConfigRef], sweep_dir: Path, tag: str = "") -> list[Submitted]:
         self._site = site(spec.resources)
         return super().submit(spec, jobs, deps, configs, sweep_dir, tag)
 
@@ -450,7 +452,7 @@ class LsfBackend(SchedulerBackend):
                            stderr=subprocess.DEVNULL, timeout=120, check=False)
 
     def job_id_in_job(self) -> str | None:
-        job, index = os.environ.get("LSB_JOBID"), os.environ.get("LSB_JOBINDEX", "0")
+        job, index = os.environ.get("LSB_JOBID"), os.environ.get(self.index_var, "0")
         if not job:
             return None
         return job if index in ("", "0") else f"{job}_{index}"

@@ -23,6 +23,7 @@ from quantlib.jobdir import valid_id
 if TYPE_CHECKING:
     from jobs.grid import Job
     from jobs.spec import Spec
+    from quantlib.jobdir import ConfigRef
 
 
 def sbatch(script: Path, dependency: str | None = None) -> str:
@@ -77,6 +78,7 @@ def read_config(text: str) -> dict[str, str]:
 
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
+    index_var = "SLURM_ARRAY_TASK_ID"
     command = "sbatch"
 
     def site_limits(self) -> tuple[int | None, list[str]]:
@@ -118,17 +120,17 @@ class SlurmBackend(SchedulerBackend):
         size, why = self.array_size(spec)
         return [*self.site_limits()[1], f"SLURM: {size} jobs per array ({why})"]
 
-    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, Path], sweep_dir: Path,
+    def render(self, spec: Spec, jobs: list[Job], configs: dict[str, ConfigRef], sweep_dir: Path,
                tag: str = "") -> list[tuple[Path, list[Job]]]:
         from jobs.scripts import render_arrays_with_jobs
 
         return render_arrays_with_jobs("slurm", spec, jobs, configs, sweep_dir, tag,
                                        chunk=self.array_size(spec)[0])
 
-    def render_single(self, spec: Spec, job: Job, config_path: Path, sweep_dir: Path) -> Path:
+    def render_single(self, spec: Spec, job: Job, config: ConfigRef, sweep_dir: Path) -> Path:
         from jobs.scripts import render_single
 
-        return render_single("slurm", spec, job, config_path, sweep_dir)
+        return render_single("slurm", spec, job, config, sweep_dir)
 
     def dependency_option(self, ref: str) -> str:
         return f"--dependency=afterok:{ref} --kill-on-invalid-dep=yes"
@@ -159,7 +161,7 @@ class SlurmBackend(SchedulerBackend):
     def job_id_in_job(self) -> str | None:
         array = os.environ.get("SLURM_ARRAY_JOB_ID")
         if array:
-            return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+            return f"{array}_{os.environ.get(self.index_var)}"
         return os.environ.get("SLURM_JOB_ID") or None
 
     def requeue_argv(self, job_id: str) -> list[str] | None:
