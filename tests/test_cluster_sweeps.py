@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import recording, write_spec
+from sweepfiles import sweep_configs
 
 from jobs.ledger import Ledger
 
@@ -227,7 +228,7 @@ def resume_scenario(env, tmp_path, tiny_model, demo_task, backend, resources,
         time.sleep(2)
     resumed = json.loads((out / "eval_results.json").read_text())
     assert resumed.get("resumed_from_step", 0) > 0  # it was cut, and came back
-    config = json.loads((tmp_path / "runs/limited/configs" / f"{jid}.json").read_text())
+    config = sweep_configs(tmp_path / "runs/limited")[jid]
     config["output_dir"] = str(tmp_path / "uninterrupted")
     (tmp_path / "plain.json").write_text(json.dumps(config))
     plain = subprocess.run([sys.executable, "-m", "jobs.runtime", str(tmp_path / "plain.json")],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_BASE, write_spec
+from sweepfiles import sweep_configs
 
 from jobs.ledger import Ledger
 
@@ -128,8 +129,10 @@ def test_a_killed_launcher_s_jobs_are_adopted_not_run_twice(tmp_path, tiny_model
 def test_a_second_run_of_a_running_job_is_refused(tmp_path, tiny_model, demo_task):
     spec = write_spec(tmp_path, SLOW.format(setup=NO_SETUP, model=tiny_model, data=demo_task))
     assert cli(tmp_path, "launch", str(spec), "--dry-run").returncode == 0
-    config = sorted((tmp_path / "runs/faults/configs").glob("*.json"))[0]
-    out_dir = Path(json.loads(config.read_text())["output_dir"])
+    first = sorted(sweep_configs(tmp_path / "runs/faults").values(), key=lambda c: c["job_id"])[0]
+    config = tmp_path / "config.json"  # the job's config as a file of its own
+    config.write_text(json.dumps(first))
+    out_dir = Path(first["output_dir"])
     out_dir.mkdir(parents=True)
     from jobs.runtime import _job_lock
 
@@ -196,8 +199,7 @@ def test_a_job_on_a_full_disk_says_so(tmp_path, tiny_model, demo_task):
     spec = write_spec(tmp_path, SLOW.format(setup=NO_SETUP, model=tiny_model, data=demo_task)
                       .replace("seed: [1, 2]", "seed: [1]"))
     assert cli(tmp_path, "launch", str(spec), "--dry-run").returncode == 0
-    config = next((tmp_path / "runs/faults/configs").glob("*.json"))
-    out_dir = Path(json.loads(config.read_text())["output_dir"])
+    out_dir = Path(next(iter(sweep_configs(tmp_path / "runs/faults").values()))["output_dir"])
     out_dir.mkdir(parents=True)
     q = shlex.quote(str(out_dir))
     proc = in_namespace(tmp_path, f"mount -t tmpfs -o size=16k tmpfs {q}\n"

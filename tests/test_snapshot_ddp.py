@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from conftest import REPO, sweep_cli, write_spec
+from sweepfiles import sweep_configs
 
 SPEC = """
 name: snap
@@ -56,7 +57,7 @@ def test_several_gpus_run_under_torchrun(tmp_path):
                          cwd=tmp_path).returncode == 0
     for script in (tmp_path / "runs/snap/scripts").glob("*.sh"):  # jobs.runtime starts it
         assert "--nproc_per_node=2" in script.read_text(), script.name
-    config = json.loads(next((tmp_path / "runs/snap/configs").glob("*.json")).read_text())
+    config = next(iter(sweep_configs(tmp_path / "runs/snap").values()))
     assert config["nproc_per_node"] == 2
 
 
