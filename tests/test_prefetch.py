@@ -80,7 +80,7 @@ def test_hub_model_from_the_cache_and_the_job_runs_offline(tmp_path, tiny_model,
     (entry,) = ledger.values()
     status = json.loads((tmp_path / entry["output_dir"] / "status.json").read_text())
     assert status["state"] == "completed"
-    script = (tmp_path / "runs/pf/scripts" / f"{next(iter(ledger))}.sh").read_text()
+    script = (tmp_path / "runs/pf/scripts/local_array_1.sh").read_text()  # its one job
     assert "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1" in script
     assert f"export HF_HOME={hf_home}" in script
     log = (tmp_path / entry["log"]).read_text()
