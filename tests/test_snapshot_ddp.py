@@ -175,7 +175,7 @@ def test_ddp_job_checkpoints_on_the_warning_and_resumes(tmp_path, tiny_model, de
         out = tmp_path / name
         cfg.write_text(json.dumps({**base, "output_dir": str(out)}))
         code = (f"import sys; from pathlib import Path; from jobs.runtime import run_ddp; "
-                f"sys.exit(run_ddp({str(cfg)!r}, 2, Path({str(out)!r})))")
+                f"sys.exit(run_ddp([{str(cfg)!r}], 2, Path({str(out)!r})))")
         # unbuffered (the ranks inherit it): the loss lines must reach us as they are logged
         return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
