@@ -215,7 +215,8 @@ class _Reader:
         for note in notes:
             self.warn(out_dir / EVAL_JSON, note)
         config = {k: v for k, v in config.items() if k not in RUN_KEYS
-                  and not (k in STAGE_KEYS and v is None)}  # no stage: no bookkeeping
+                  and not (k in STAGE_KEYS and (v is None or not config.get("stage")))}
+        # no stage: no bookkeeping (a job after a shared fine-tuning has `after`, no stage)
         return Run(out_dir, config, state,
                    metrics, info, reason, sweep=str(config.get("sweep", "")),
                    job_id=str(config.get("job_id") or ""))
@@ -442,7 +443,7 @@ def find_runs(paths: list[str], patterns: list[str] | None = None,
     _merge_mm(runs)
     job_dirs = set(runs)
     ordered = sorted(runs.values(), key=lambda r: (r.sweep, str(r.output_dir)))
-    runs_once = [_clean(r) for r in _once(ordered, reader)]
+    runs_once = [_clean(r) for r in _shared_baselines(_once(ordered, reader))]
     problems = [(text(p), text(why)) for p, why in reader.problems]
     clean_sweeps = [Sweep(text(s.name), text(s.spec_path),
                           None if s.spec_text is None else text(s.spec_text))
@@ -510,6 +511,33 @@ def _rank(run: Run) -> tuple:
     except OSError:
         mtime = 0.0
     return (run.state == "completed" and bool(run.metrics), mtime)
+
+
+def _shared_baselines(runs: list[Run]) -> list[Run]:
+    """A sweep's shared FP32 fine-tuning jobs (jobs.sharing) as FP32 runs: each is the FP32
+    baseline of its children, shown as an fp32 run of the sweep (its stage bookkeeping left
+    out), unless an fp32 job with the same fine-tuning is there: that one resumed from it and
+    holds the same model, counted once."""
+    from jobs.spec import FINETUNE_STAGE
+    from quantlib.configs import FINETUNE_KEYS
+
+    def fine_tuning(run: Run) -> str:
+        return json.dumps({k: run.config.get(k) for k in FINETUNE_KEYS}, sort_keys=True,
+                          default=str)
+
+    shared = [r for r in runs if r.source == OURS and r.config.get("stage") == FINETUNE_STAGE]
+    if not shared:
+        return runs
+    plain = {fine_tuning(r) for r in runs if r.method == "fp32" and r not in shared}
+    out = []
+    for run in runs:
+        if run in shared:
+            if fine_tuning(run) in plain:
+                continue
+            run.config = {k: v for k, v in run.config.items()
+                          if k not in ("stage", "after", "finetune_checkpoint")}
+        out.append(run)
+    return out
 
 
 def _once(runs: list[Run], reader: _Reader) -> list[Run]:

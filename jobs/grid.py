@@ -10,6 +10,7 @@ directory in the runtime config.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.sharing import share_finetune
 from jobs.spec import (
     MAX_PATH_BYTES,
     OUTPUT_DIR_ROOM,
@@ -43,6 +45,7 @@ class Job:
     stage: str = ""  # "" in a spec without stages
     after: str | None = None  # the previous-stage job this one depends on and starts from
     upstream_dir: Path | None = None  # that job's output directory
+    shared_finetune: bool = False  # `after` is the shared FP32 fine-tuning job (jobs.sharing)
 
     def get(self, key: str, default: Any = "") -> Any:
         return self.config.get(key, default)
@@ -199,8 +202,26 @@ def expand(spec: Spec) -> list[Job]:
                       parent.id if parent else None, parent.output_dir if parent else None)
             jobs.append(job)
             stage_jobs.append(job)
+        if k == 0:
+            shared, stage_jobs = share_finetune(
+                spec, stage_jobs, sweep_dir, set(seen),
+                lambda config, name: _shared_job(spec, sweep_dir, config, name))
+            jobs = shared + stage_jobs
         parents = list(stage_jobs)
-    return jobs
+    return [dataclasses.replace(j, index=i) if j.index != i else j
+            for i, j in enumerate(jobs, 1)]
+
+
+def _shared_job(spec: Spec, sweep_dir: Path, config: dict[str, Any], stage: str) -> Job:
+    """A shared fine-tuning job (jobs.sharing): in jobs/<stage>/, whatever output_dir says."""
+    jid = job_id(config)
+    out = sweep_dir / "jobs" / stage / default_dir_name(config, jid)
+    size = len(str(out).encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES - OUTPUT_DIR_ROOM:
+        raise SpecError(spec.path, "sweep_dir", f"the shared fine-tuning job's directory is "
+                        f"{size} bytes as an absolute path; at most "
+                        f"{MAX_PATH_BYTES - OUTPUT_DIR_ROOM} (or finetune_sharing: false)")
+    return Job(jid, 0, config, out, "finetune_sharing", stage)
 
 
 def _candidates(spec: Spec, stage: SweepStage, prefix: str, parents: list[Job | None]

@@ -18,7 +18,8 @@ from jobs.ledger import Ledger
 from jobs.running import rel_path, states
 from jobs.safeyaml import control_char
 from jobs.scripts import label, render_staged_submission, write_configs
-from jobs.spec import SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
+from jobs.sharing import by_stage, sharing_note
+from jobs.spec import FINETUNE_STAGE, SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
 from quantlib.errors import UserError, os_error
 from quantlib.jobdir import LEDGER, now, valid_id
 
@@ -27,8 +28,8 @@ def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
     staged = any(j.stage for j in jobs)
     head = (["stage"] if staged else []) + ["job id", "task", "method", "nbits"] + (
         ["after"] if staged else []) + ["output dir"] + (["state"] if states else [])
-    rows = [([j.stage] if staged else []) + [j.id, str(j.get("task")), str(j.get("method")),
-                                             str(j.get("nbits", "-"))]
+    rows = [([j.stage or "-"] if staged else [])
+            + [j.id, str(j.get("task")), str(j.get("method")), str(j.get("nbits", "-"))]
             + ([j.after or "-"] if staged else []) + [rel_path(j.output_dir)]
             + ([states[j.id]] if states else []) for j in jobs]
     rows = [[terminal(v) for v in r] for r in rows]
@@ -44,7 +45,7 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
     print(f"sweep {spec.name}: {len(jobs)} jobs (dry run, backend {backend}; nothing submitted)",
           file=out)
     print(job_table(jobs), file=out)
-    notes = be.describe(spec)
+    notes = be.describe(spec) + sharing_note(jobs)
     if notes:
         print("", *notes, sep="\n", file=out)
     print(f"\nscripts in {rel_path(sweep_dir / 'scripts')}; would run:", file=out)
@@ -55,7 +56,7 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
                   + (f"{first}..{last}: {len(chunk)} jobs" if last > first else f"{first}: 1 job")
                   + (" (a later-stage job once its parent completed)"
                      if any(j.after for j in chunk) else ""), file=out)
-    elif spec.staged:
+    elif any(j.after for j in jobs):
         script, lines = render_staged_submission(be, spec, jobs, configs, sweep_dir)
         print(f"  (all of it: bash {shlex.quote(rel_path(script))})", file=out)
         for line in lines:
@@ -158,9 +159,10 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                 "status shows it), or with --force to submit them anyway")
         queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")
                   or (j in unsure and not force)]
-        todo = [j for j in jobs if j not in queued
-                and (force or resolved[j.id][0] != "completed")]
-        done = len(jobs) - len(todo) - len(queued)
+        todo = _needed(jobs, [j for j in jobs if j not in queued
+                              and (force or resolved[j.id][0] != "completed")], force)
+        done = sum(1 for j in jobs if j not in todo and j not in queued
+                   and resolved[j.id][0] == "completed")
         if not todo:
             print(f"sweep {spec.name}: nothing to submit ({done} completed, {len(queued)} "
                   f"queued or running)", file=out)
@@ -188,11 +190,11 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
         new_ids: dict[str, str] = {}
         submitted: list[tuple[Job, object, str | None]] = []
         try:
-            for stage_jobs in _by_stage(spec, todo):
+            for stage_jobs in by_stage(spec, todo):
                 deps = [_dependency(j, by_id, new_ids, resolved, ledger) for j in stage_jobs]
                 try:
                     handles = be.submit(spec, stage_jobs, deps, configs, sweep_dir,
-                                        stage_jobs[0].stage or "" if spec.staged else "")
+                                        stage_jobs[0].stage)
                 except Refused as exc:  # what was taken
                     submitted += [(stage_jobs[i], h, deps[i])
                                   for i, h in sorted(exc.submitted.items())]
@@ -265,10 +267,13 @@ def _prefetch(spec: Spec, todo: list[Job]) -> None:
         prefetch(spec, todo)
 
 
-def _by_stage(spec: Spec, jobs: list[Job]) -> list[list[Job]]:
-    """Jobs grouped by stage, in stage order (empty stages left out)."""
-    groups = [[j for j in jobs if j.stage == st.name] for st in spec.stages]
-    return [g for g in groups if g]
+def _needed(jobs: list[Job], todo: list[Job], force: bool) -> list[Job]:
+    """`todo` less the shared fine-tuning jobs that no job to run needs (all their children
+    completed: a relaunch never fine-tunes for nothing)."""
+    if force:
+        return todo
+    waiting = {j.after for j in todo if j.shared_finetune}
+    return [j for j in todo if j.stage != FINETUNE_STAGE or j.id in waiting]
 
 
 def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | None,
@@ -289,9 +294,10 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         # a job whose process an earlier (killed) launcher left running is never started
         # again: this launch adopts it (waits for it), even with --force
         adopted = [j for j in jobs if resolved[j.id][0] == "running"]
-        todo = [j for j in jobs if j not in adopted
-                and (force or resolved[j.id][0] != "completed")]
-        done = len(jobs) - len(todo) - len(adopted)
+        todo = _needed(jobs, [j for j in jobs if j not in adopted
+                              and (force or resolved[j.id][0] != "completed")], force)
+        done = sum(1 for j in jobs if j not in todo and j not in adopted
+                   and resolved[j.id][0] == "completed")
         print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
               f"{' (rerun: --force)' if done and not force else ''}, {len(todo)} to run "
               f"locally, at most {max_parallel} at once"

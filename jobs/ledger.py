@@ -160,7 +160,7 @@ class Ledger:
             if kept:  # a completed job recorded under an earlier id stays where it ran
                 job = dataclasses.replace(job, output_dir=Path(entry["output_dir"]))
             entry.update(index=job.index, config=job.config, output_dir=str(job.output_dir))
-            if job.stage:
+            if job.stage or job.after:
                 entry.update(stage=job.stage, after=job.after)
             out.append(job)
         dirs = {j.id: j.output_dir for j in out}

@@ -14,7 +14,7 @@ from jobs.snapshot import snapshot
 from jobs.spec import Spec
 from quantlib.atomic import write_text
 from quantlib.configs import with_defaults
-from quantlib.jobdir import RUN_KEYS, STAGE_KEYS, ConfigRef, write_configs_file
+from quantlib.jobdir import FINETUNED, RUN_KEYS, STAGE_KEYS, ConfigRef, write_configs_file
 from templates import environment
 
 PATH_KEYS = ("data_dir",)
@@ -51,11 +51,15 @@ def runtime_config(spec: Spec, job: Job, local: dict[str, str | None] | None = N
         if isinstance(value, str) and value.startswith(MARKER):
             assert job.upstream_dir is not None and value == MARKER + str(job.after)
             config[key] = str(job.upstream_dir / "model")
-    bookkeeping = dict(job_id=job.id, sweep=spec.name, output_dir=str(job.output_dir),
+    bookkeeping = dict(job_id=job.id, sweep=spec.name,
+                       sweep_dir=str(Path(spec.sweep_dir).absolute()),
+                       output_dir=str(job.output_dir),
                        nproc_per_node=max(1, spec.resources.gpus),
                        max_requeues=spec.resources.max_requeues, stage=job.stage or None,
                        after=job.after,
-                       upstream_dir=str(job.upstream_dir) if job.upstream_dir else None)
+                       upstream_dir=str(job.upstream_dir) if job.upstream_dir else None,
+                       finetune_from=str(job.upstream_dir / FINETUNED)
+                       if job.shared_finetune and job.upstream_dir else None)
     assert set(bookkeeping) == set(RUN_KEYS + STAGE_KEYS)  # one list: quantlib.jobdir
     config.update(bookkeeping)
     return config
@@ -147,7 +151,6 @@ def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Co
             **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
             index_var=backend.index_var,
             parallelism=res.array_parallelism, first=chunk[0].index, last=chunk[-1].index,
-            total=len(jobs),
             jobs=[ScriptJob(j.id, label(spec, j), backend.first_index + i, configs[j.id])
                   for i, j in enumerate(chunk)])
         write_text(path, text, mode=0o755, durable=False)
@@ -165,44 +168,83 @@ def render_single(kind: str, spec: Spec, job: Job, config: ConfigRef, sweep_dir:
     text = _env.get_template(f"{kind}_array.sh.j2").render(
         **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
         index_var=None,
-        parallelism=None, first=job.index, last=job.index, total=job.index,
+        parallelism=None, first=job.index, last=job.index,
         jobs=[ScriptJob(job.id, label(spec, job), 1, config)])
     write_text(path, text, mode=0o755, durable=False)
     return path
 
 
+def after_tag(tag: str) -> str:
+    """The tag of the array scripts of one stage's jobs that wait for another job."""
+    return f"{tag}_after" if tag else "after"
+
+
+def dependent_runs(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+    """One stage's jobs that wait for another job, as they are submitted: (a later stage's
+    jobs, each on its own after its parent; the jobs after a shared fine-tuning, grouped by
+    parent in first-seen order, for arrays submitted by element ranges, one per parent)."""
+    groups: dict[str | None, list[Job]] = {}
+    for job in jobs:
+        if job.shared_finetune:
+            groups.setdefault(job.after, []).append(job)
+    single = [j for j in jobs if not j.shared_finetune]
+    return single, [j for g in groups.values() for j in g]
+
+
 def render_staged_submission(backend: Any, spec: Spec, jobs: list[Job],
                              configs: dict[str, ConfigRef], sweep_dir: Path
                              ) -> tuple[Path, list[str]]:
-    """The submission of a staged sweep as a shell script: the first stage as arrays, every
-    later job on its own, waiting for its parent (SLURM afterok, LSF done()). `backend`: a
-    jobs.backends Backend. Returns the script and its command lines."""
+    """The submission of a sweep with dependencies as a shell script, stage after stage, as
+    Backend.submit does it: a stage's jobs without a parent as arrays, a job alone after its
+    parent on its own, the jobs after one same parent as element ranges of arrays (SLURM
+    afterok, LSF done()). `backend`: a jobs.backends Backend. Returns the script and its
+    command lines."""
+    from jobs.backends.base import Elements, runs_of
+    from jobs.sharing import by_stage
+
     kind = backend.name
     refs: dict[str, str] = {}  # job id -> shell expression of its scheduler id
     lines: list[str] = []
-    first = [j for j in jobs if j.after is None]
     n_arrays = 0
-    for path, chunk in backend.render(spec, first, configs, sweep_dir,
-                                      first[0].stage if first else ""):
-        n_arrays += 1
-        var = f"A{n_arrays}"
-        lines.append(f"{var}=$({_submit_cmd(backend, path)})  # {len(chunk)} job"
-                     + ("s" if len(chunk) > 1 else ""))
-        for i, job in enumerate(chunk):
-            refs[job.id] = (f"${{{var}}}[{i + 1}]" if kind == "lsf" else f"${{{var}}}_{i}")
-    for job in jobs:
-        if job.after is None:
-            continue
-        path = backend.render_single(spec, job, configs[job.id], sweep_dir)
-        var = f"J_{job.id}"
-        lines.append(f"{var}=$({_submit_cmd(backend, path, refs[job.after])})  "
-                     f"# {label(spec, job)}, after {job.after}")
-        refs[job.id] = f"${{{var}}}"
+
+    def ref(var: str, index: int) -> str:
+        return f"${{{var}}}[{index}]" if kind == "lsf" else f"${{{var}}}_{index}"
+
+    for stage_jobs in by_stage(spec, jobs):
+        tag = stage_jobs[0].stage
+        free = [j for j in stage_jobs if j.after is None]
+        single, grouped = dependent_runs([j for j in stage_jobs if j.after is not None])
+        for path, chunk in backend.render(spec, free, configs, sweep_dir, tag) if free else []:
+            n_arrays += 1
+            var = f"A{n_arrays}"
+            lines.append(f"{var}=$({_submit_cmd(backend, path)})  # {len(chunk)} job"
+                         + ("s" if len(chunk) > 1 else ""))
+            for i, job in enumerate(chunk, backend.first_index):
+                refs[job.id] = ref(var, i)
+        for job in single:
+            path = backend.render_single(spec, job, configs[job.id], sweep_dir)
+            var = f"J_{job.id}"
+            lines.append(f"{var}=$({_submit_cmd(backend, path, refs[str(job.after)])})  "
+                         f"# {label(spec, job)}, after {job.after}")
+            refs[job.id] = f"${{{var}}}"
+        for path, chunk in (backend.render(spec, grouped, configs, sweep_dir, after_tag(tag))
+                            if grouped else []):
+            for first, run in runs_of(chunk, backend.first_index):
+                n_arrays += 1
+                var = f"A{n_arrays}"
+                elements = Elements(first, first + len(run) - 1,
+                                    spec.resources.array_parallelism)
+                cmd = _submit_cmd(backend, path, refs[str(run[0].after)], elements)
+                lines.append(f"{var}=$({cmd})  # {len(run)} job" + ("s" if len(run) > 1 else "")
+                             + f", after {run[0].after}")
+                for i, job in enumerate(run, first):
+                    refs[job.id] = ref(var, i)
     script = sweep_dir / "scripts" / f"submit_{kind}.sh"
     head = [
         "#!/usr/bin/env bash",
-        f"# quantsweep: sweep {spec.name} to {kind.upper()}, stage after stage: a job of a later "
-        "stage waits for its parent job and never starts if that one fails.",
+        f"# quantsweep: sweep {spec.name} to {kind.upper()}, stage after stage: a job that "
+        "depends on another (a later stage's, or one after its shared fine-tuning) waits for "
+        "it and never starts if that one fails.",
         f"# Rendered from {shlex.quote(str(Path(spec.path).absolute()))}; run with: bash "
         f"{shlex.quote(str(script))}",
         "set -euo pipefail",
@@ -213,6 +255,7 @@ def render_staged_submission(backend: Any, spec: Spec, jobs: list[Job],
     return script, lines
 
 
-def _submit_cmd(backend: Any, path: Path, after: str | None = None) -> str:
-    line = backend.submit_line(path, after)
+def _submit_cmd(backend: Any, path: Path, after: str | None = None,
+                elements: Any = None) -> str:
+    line = backend.submit_line(path, after, elements)
     return f"{line} | jobid" if backend.name == "lsf" else line

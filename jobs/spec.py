@@ -19,9 +19,10 @@ from quantlib.configs import all_keys, suggest
 from quantlib.errors import SpecError, UserError, quote
 
 TOP_KEYS = ("name", "description", "grid", "zip", "exclude", "include", "base", "stages",
-            "output_dir", "sweep_dir", "resources", "max_jobs")
+            "output_dir", "sweep_dir", "resources", "max_jobs", "finetune_sharing")
 STAGE_KEYS = ("name", "grid", "zip", "exclude", "include", "base", "from_previous")
 STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+FINETUNE_STAGE = "fp32-finetune"  # the implicit stage of shared fine-tuning jobs (jobs.sharing)
 # arguments a stage may fill with the previous stage's saved model
 INPUT_KEYS = ("model_name_or_path", "teacher_name_or_path")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -82,6 +83,7 @@ class Spec:
     raw: dict[str, Any] = field(default_factory=dict)
     max_jobs: int = 100_000  # a grid that would expand to more jobs is refused unexpanded
     offline: bool = False  # jobs read models and datasets from the cache (fetched at launch)
+    finetune_sharing: bool = True  # jobs with the same FP32 fine-tuning share one (jobs.sharing)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # the sweep directory reaches the schedulers' log options (#BSUB -o, #SBATCH --output)
@@ -280,10 +282,14 @@ def parse_spec(raw: Any, path: str = "<spec>") -> Spec:
     bad = control_char(description.replace("\n", "").replace("\t", ""))
     if bad:
         raise SpecError(path, "description", f"holds the control character {bad!r}")
+    sharing = raw.get("finetune_sharing", True)
+    if not isinstance(sharing, bool):
+        raise SpecError(path, "finetune_sharing", f"{quote(sharing)} is not true or false (true: "
+                        "jobs with the same FP32 fine-tuning take it from one shared job)")
     resources = parse_resources(raw.get("resources"), path)
     return Spec(path=path, name=name, stages=stages, base=dict(base), output_dir=output_dir,
                 sweep_dir=sweep_dir, resources=resources, description=description, raw=raw,
-                max_jobs=max_jobs)
+                max_jobs=max_jobs, finetune_sharing=sharing)
 
 
 def _check_arg(path: str, where: str, key: Any) -> None:
@@ -358,6 +364,9 @@ def _parse_stage(path: str, raw: Any, i: int, earlier: list[str]) -> SweepStage:
                                                "0-9 _ - (it names the stage's directory)")
     if name in earlier:
         raise SpecError(path, f"{where}.name", f"stage {name!r} appears twice")
+    if name == FINETUNE_STAGE:
+        raise SpecError(path, f"{where}.name", f"{name!r} is the name of the shared FP32 "
+                        "fine-tuning's stage: give this stage another name")
     grid, zips, exclude, include = _parse_points(path, raw, f"{where}.")
     base = raw.get("base") or {}
     if not isinstance(base, dict):

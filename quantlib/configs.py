@@ -77,6 +77,10 @@ class TrainArgs:
         "fnmatch patterns of module names whose nn.Linear weights are quantized (or pruned): "
         "BERT's and DistilBERT's encoder layers")
     save_model: bool = param(False, "bool", "save the final model into the output dir")
+    finetune_checkpoint: bool = param(False, "bool", "keep the FP32 fine-tuning's last Trainer "
+                                      "checkpoint (model, optimizer, scheduler, RNG) in "
+                                      "<output_dir>/finetuned/ for the jobs that continue "
+                                      "from it (a sweep's shared fine-tuning job sets it)")
     fp16: bool = param(False, "bool", "mixed precision (CUDA)")
     bf16: bool = param(False, "bool", "bfloat16 mixed precision")
     logging_steps: int = param(50, "int", "log the training loss every N steps", lo=1)
@@ -90,16 +94,37 @@ class TrainArgs:
                         choices=("none", "onnx"))
 
 
+# What an FP32 fine-tuning depends on (and how its model is evaluated): jobs equal in these
+# that fine-tune first can take the fine-tuning from one shared job (jobs.grid.share_finetune).
+# Every other trainer argument acts after the fine-tuning (AFTER_FINETUNE_KEYS); the two lists
+# cover TrainArgs (checked below), so a new argument has to be placed in one of them.
+FINETUNE_KEYS = ("task", "model_name_or_path", "tokenizer_name", "dataset_name", "data_dir",
+                 "max_seq_length", "doc_stride", "max_query_length", "n_best_size",
+                 "max_answer_length", "batch_size", "eval_batch_size", "learning_rate",
+                 "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "finetune",
+                 "finetune_epochs", "max_train_samples", "max_eval_samples", "fp16", "bf16",
+                 "logging_steps", "report_to")
+AFTER_FINETUNE_KEYS = ("method", "quantize_modules", "save_model", "finetune_checkpoint",
+                       "export")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method's config."""
 
     tasks = ()  # the tasks the method runs on; () = every task
+    # True: the method's training starts with the plain FP32 fine-tuning stage of the same
+    # Trainer run (quantlib.recipes.finetune_stage first, nothing of the method active in it,
+    # the model's parameters as loaded), so a job can resume from a shared fine-tuning's
+    # checkpoint at the stage's end and compute what it computes alone
+    shares_finetune = False
 
 
 @dataclass(frozen=True)
 class FP32Config(MethodConfig):
     """No compression: the (fine-tuned) FP32 baseline."""
+
+    shares_finetune = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,7 @@ class INQConfig(MethodConfig):
                                     lo=0.0)
 
     mode = "inq"
+    shares_finetune = True
 
 
 @dataclass(frozen=True)
@@ -162,6 +188,8 @@ class Q8BertConfig(MethodConfig):
     integer_inference: bool = param(True, "bool", "evaluate through the integer GEMM path "
                                     "(int32 bias at scale s_w*s_x)")
 
+    shares_finetune = True  # its quantizers are buffers, off (EMA idle) until the QAT stage
+
 
 @dataclass(frozen=True)
 class PTQConfig(MethodConfig):
@@ -181,6 +209,8 @@ class PTQConfig(MethodConfig):
                                     choices=("auto", "channel", "tensor"))
     narrow_range: bool = param(False, "bool", "integer range -(2^(b-1)-1).. instead of "
                                "-2^(b-1)..")
+
+    shares_finetune = True  # it quantizes after the fine-tuning
 
 
 @dataclass(frozen=True)
@@ -202,6 +232,8 @@ class GPTQConfig(MethodConfig):
     num_calib_batch: int = param(8, "int", "training batches the Hessians are computed from",
                                  lo=1)
 
+    shares_finetune = True
+
 
 @dataclass(frozen=True)
 class QATConfig(PTQConfig):
@@ -210,6 +242,10 @@ class QATConfig(PTQConfig):
     qat_epochs: float = param(1.0, "float", "epochs of quantization-aware training", lo=0.01)
     ste: str = param("clip", "str", "straight-through gradient: clip (pytorch-quantization) "
                      "or plain", choices=("plain", "clip"))
+
+    # its quantized modules are installed before training and run eager attention through
+    # QuantSelfAttention in the FP32 stage too: not the shared fine-tuning's kernels
+    shares_finetune = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +292,9 @@ class DistillQuantConfig(MethodConfig):
     ce_weight: float = param(0.0, "float", "weight of the task loss on the labels", lo=0.0)
 
     tasks = tuple(t for t in TASKS if not TASKS[t].is_qa)  # its logits term: classification
+    # its FP32 stage runs with eager attention (the probabilities for the loss): not the
+    # shared fine-tuning's kernels, so not bit-equal to it
+    shares_finetune = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +306,8 @@ class SparseConfig(QATConfig):
     sparse_epochs: float = param(1.0, "float", "epochs of fine-tuning with the mask fixed",
                                  lo=0.0)
     qat: bool = param(False, "bool", "add a QAT stage (qat_epochs) after the sparse one")
+
+    shares_finetune = True  # without qat (see finetune_shareable)
 
 
 @dataclass(frozen=True)
@@ -368,6 +409,9 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 
 
 TRAIN_FIELDS = _fields(TrainArgs)
+if set(FINETUNE_KEYS) | set(AFTER_FINETUNE_KEYS) != set(TRAIN_FIELDS) or (
+        set(FINETUNE_KEYS) & set(AFTER_FINETUNE_KEYS)):
+    raise AssertionError("FINETUNE_KEYS and AFTER_FINETUNE_KEYS must split TrainArgs")
 
 
 def method_fields(method: str) -> dict[str, dataclasses.Field]:
@@ -540,6 +584,15 @@ def _check_export(method: str, out: dict[str, Any]) -> None:
                           "qat: true, and gptq (4-bit MatMulNBits)")
     if nbits != 8:
         raise ConfigError("export", f"onnx: the export is 8-bit (int8 QDQ); nbits is {nbits}")
+
+
+def finetune_shareable(resolved: dict[str, Any]) -> bool:
+    """Can this job take its FP32 fine-tuning from a shared job (MethodConfig.shares_finetune;
+    a sparse method with `qat` installs QAT's modules before training, as QAT does)?"""
+    cls = METHODS[resolved["method"]].config
+    if issubclass(cls, SparseConfig) and resolved.get("qat", False):
+        return False
+    return bool(cls.shares_finetune)
 
 
 def ignored_keys(values: dict[str, Any]) -> list[str]:

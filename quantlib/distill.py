@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,6 +140,9 @@ class Distiller:
         self.regression = regression
         self._teacher: nn.Module | None = None
         self.cache = TeacherCache()
+        # the sweep's file of this teacher's rows (quantlib.teacher_cache.shared_file): read when
+        # the teacher is set, written by save_shared
+        self.shared: Path | None = None
         self.layers = isinstance(cfg, DistillQuantConfig)
         self.t2 = isinstance(cfg, (PruneOFAConfig, DistilSquadConfig))
         self.sep_token_id = sep_token_id  # to give a BERT teacher the segments a student lacks
@@ -149,9 +153,26 @@ class Distiller:
 
     @teacher.setter
     def teacher(self, model: nn.Module | None) -> None:
-        """A new teacher (a stage's start, a resumed job) starts an empty cache."""
+        """A new teacher (a stage's start, a resumed job) starts an empty cache, or the rows
+        the sweep's earlier jobs kept of the same teacher checkpoint (`shared`)."""
         self._teacher = model
         self.cache = TeacherCache()
+        if model is not None and self.shared is not None:
+            self.cache.load(self.shared)
+
+    def save_shared(self) -> dict:
+        """Keep this job's teacher rows for the sweep's later jobs; what the cache did (for
+        the results)."""
+        wrote = False
+        if self.shared is not None and self._teacher is not None:
+            try:
+                wrote = self.cache.save(self.shared)
+            except OSError as exc:  # a full disk costs later jobs their shortcut, not this job
+                print(f"quantlib.distill: teacher rows not kept: {exc}", flush=True)
+        c = self.cache
+        return {"teacher_cache_rows": len(c.rows), "teacher_cache_loaded": c.loaded,
+                "teacher_cache_hits": c.hits, "teacher_cache_misses": c.misses,
+                "teacher_cache_saved": wrote}
 
     def teacher_heads(self, inputs: dict, question_answering: bool) -> list[torch.Tensor]:
         """The teacher's logit heads for a batch: from the cache when every example is there

@@ -22,6 +22,11 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
                    str(config.get("sweep") or "quantsweep"))
     ctx = prepare(args, method, out_dir)
     ctx.run_name = config.get("job_id") or out_dir.name
+    ctx.sweep_dir = config.get("sweep_dir")
+    from quantlib.configs import finetune_shareable
+
+    if config.get("finetune_from") and finetune_shareable(config):  # jobs.sharing
+        ctx.finetune_from, ctx.finetune_job = config["finetune_from"], config.get("after")
     trainer = recipe_for(method)(ctx, method)
     results = evaluate(trainer, ctx)
     if args.export == "onnx":  # GPTQ's grids: 4-bit MatMulNBits; else the INT8 QDQ graph

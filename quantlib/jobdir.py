@@ -65,8 +65,11 @@ def old_name(task: str, metric: str) -> str:
 
 # what the launcher adds to a job's config (jobs.scripts.runtime_config): bookkeeping, not the
 # method's arguments; a run's configuration (collect, the spreadsheet's blocks) leaves them out
-RUN_KEYS = ("job_id", "sweep", "output_dir", "nproc_per_node", "max_requeues", "upstream_dir")
+# (finetune_from: the checkpoint of the shared fine-tuning job the job resumes from, jobs.sharing)
+RUN_KEYS = ("job_id", "sweep", "sweep_dir", "output_dir", "nproc_per_node", "max_requeues",
+            "upstream_dir", "finetune_from")
 STAGE_KEYS = ("stage", "after")  # bookkeeping of staged sweeps: a run keeps them where set
+FINETUNED = "finetuned"  # in a shared fine-tuning job's directory: its last Trainer checkpoint
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # status.json and the ledger: local time with its offset
 

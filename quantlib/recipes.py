@@ -173,10 +173,13 @@ def qat(ctx: JobContext, cfg: QATConfig) -> StagedTrainer:
         distiller = Distiller(cfg, ctx.task.is_regression)
         if cfg.teacher_name_or_path:
             factory = lambda: frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))  # noqa: E731
+            _share_rows(ctx, distiller, cfg.teacher_name_or_path)
         ctx.info["kd_loss"] = distiller.name
     switch = QuantStart(ctx.model, epochs, len(epochs) - 1, qs, calibrate=calibrate,
                         distiller=distiller, teacher_factory=factory)
     trainer = train_stages(ctx, epochs, [switch], distiller)
+    if distiller is not None and distiller.shared is not None:
+        ctx.info.update(distiller.save_shared())
     _ft_info(ctx, cfg)
     ctx.info.update(switch.record, ste=cfg.ste)
     return trainer
@@ -256,6 +259,7 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
     lock = PatternLock(weights, lambda: nonzero_masks(weights), [cfg.epochs], 0)
     distiller = Distiller(cfg, ctx.task.is_regression, ctx.tokenizer.sep_token_id)
     teacher = frozen_copy(load_teacher(cfg.teacher_name_or_path, ctx))
+    _share_rows(ctx, distiller, cfg.teacher_name_or_path)
     distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
     callbacks: list[StageCallback] = [lock]
     switch = None
@@ -268,6 +272,7 @@ def pruneofa(ctx: JobContext, cfg: PruneOFAConfig) -> StagedTrainer:
         callbacks.append(best)
     ctx.info["checkpoint_sparsity"] = sparsity_of(weights)
     trainer = train_stages(ctx, [cfg.epochs], callbacks, distiller)
+    ctx.info.update(distiller.save_shared())
     if best is not None:
         ctx.info.update(best.restore())
     if any(not bool((w[~lock.masks[n]] == 0).all()) for n, w in weights.items()):
@@ -292,8 +297,20 @@ def distil_squad(ctx: JobContext, cfg: DistilSquadConfig) -> StagedTrainer:
                          f"{teacher.config.vocab_size}, the student "
                          f"{ctx.model.config.vocab_size}: they must share the tokenizer")
     distiller = Distiller(cfg, False, ctx.tokenizer.sep_token_id)
+    _share_rows(ctx, distiller, cfg.teacher_name_or_path)
     distiller.teacher = teacher.to(next(ctx.model.parameters()).device)
     ctx.info.update(kd_loss=distiller.name, finetune_ran=False,
                     student_parameters=sum(p.numel() for p in ctx.model.parameters()),
                     teacher_parameters=sum(p.numel() for p in teacher.parameters()))
-    return train_stages(ctx, [cfg.distil_epochs], [], distiller)
+    trainer = train_stages(ctx, [cfg.distil_epochs], [], distiller)
+    ctx.info.update(distiller.save_shared())
+    return trainer
+
+
+def _share_rows(ctx: JobContext, distiller: Distiller, teacher: str) -> None:
+    """The teacher checkpoint's logit rows are shared by the sweep's jobs that name it
+    (quantlib.teacher_cache.shared_file); not distill-quant's layer terms (never cached)."""
+    from quantlib.teacher_cache import shared_file
+
+    if not distiller.layers:
+        distiller.shared = shared_file(ctx.sweep_dir, teacher, ctx.task.is_qa)

@@ -85,3 +85,22 @@ TASKS: dict[str, Task] = {
 
 # SQuAD files a data_dir may hold (train, dev): the official names first
 SQUAD_FILES = (("train-v1.1.json", "dev-v1.1.json"), ("train.json", "dev.json"))
+
+
+def finetuned_for(config: dict, task: Task) -> bool:
+    """Does a checkpoint whose config.json is `config` (a dict: architectures, finetuning_task,
+    id2label / num_labels) already carry a head trained for the task? Torch-free: the launch
+    asks it of local checkpoints (jobs.sharing), the trainer of every model it loads."""
+    archs = config.get("architectures") or []
+    if not isinstance(archs, list):
+        archs = []
+    finetuning_task = str(config.get("finetuning_task") or "").lower().replace("-", "")
+    if finetuning_task and finetuning_task.removesuffix("v1") != task.name:
+        return False
+    if task.is_qa:
+        return any(str(a).endswith("ForQuestionAnswering") for a in archs)
+    labels = config.get("id2label")
+    num_labels = len(labels) if isinstance(labels, dict) and labels else config.get(
+        "num_labels", 2)
+    has_head = any(str(a).endswith("ForSequenceClassification") for a in archs)
+    return has_head and num_labels == task.num_labels

@@ -25,17 +25,68 @@ positions enter the MSE terms and they take 13 x n x 768 + 12 x 12 x n^2 floats 
 The cache holds at most QUANTSWEEP_TEACHER_CACHE_MB (default 1024) of rows (SQuAD's 88k
 features x 2 x 384 float32: 270 MB); past it, new rows are not kept. 0 turns it off. It lives
 as long as its teacher: a new teacher (the next stage, a resumed job) starts an empty one.
+
+Across jobs: a teacher loaded from a checkpoint (qat-kd's, pruneofa's, distil-squad's
+teacher_name_or_path) is the same teacher in every job of the sweep that names it, so its rows
+are too. Such a job starts from the rows an earlier job of the sweep kept in
+`<sweep_dir>/teacher_cache/<teacher>-<cls|qa>.pt` (shared_file: the teacher's identity is a
+digest of its checkpoint files' names, sizes and modification times, so a checkpoint written
+again is another teacher) and, when it computed rows of its own, writes them back at its end
+(atomically: jobs that run at once each write a whole file, the last one stays). The keys are
+digests of the teacher's inputs, so another tokenisation or sequence length only misses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import torch
 
 DEFAULT_LIMIT_MB = 1024
 ENV = "QUANTSWEEP_TEACHER_CACHE_MB"
+CACHE_DIR = "teacher_cache"  # in a sweep directory: teacher rows its jobs share
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".pt")
+
+
+def teacher_identity(path: str) -> str | None:
+    """A digest of a teacher checkpoint's files (real path, names, sizes, modification times):
+    a local directory, or a hub id's snapshot in the hub cache; None when neither is there."""
+    folder = Path(path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(path, "config.json")
+        except Exception:  # noqa: BLE001 (not a hub id either: no identity, no sharing)
+            found = None
+        if not isinstance(found, str):
+            return None
+        folder = Path(found).parent
+    h = hashlib.blake2b(digest_size=12)
+    try:
+        h.update(os.path.realpath(folder).encode("utf-8", "surrogateescape"))
+        for f in sorted(folder.iterdir()):
+            if f.suffix in WEIGHT_SUFFIXES and f.is_file():
+                st = f.stat()
+                h.update(f"\0{f.name}:{st.st_size}:{st.st_mtime_ns}".encode("utf-8",
+                                                                           "surrogateescape"))
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def shared_file(sweep_dir: str | None, teacher: str | None,
+                question_answering: bool) -> Path | None:
+    """Where the jobs of a sweep keep the rows of the teacher checkpoint `teacher` (None: no
+    sweep directory, or a teacher without a checkpoint identity)."""
+    if not sweep_dir or not teacher:
+        return None
+    ident = teacher_identity(teacher)
+    if ident is None:
+        return None
+    return Path(sweep_dir) / CACHE_DIR / f"{ident}-{'qa' if question_answering else 'cls'}.pt"
 
 
 def limit_bytes() -> int:
@@ -54,6 +105,7 @@ class TeacherCache:
         self.hits = 0  # batches served from the cache
         self.misses = 0  # batches the teacher ran on
         self.whole_rows: bool | None = None  # QA heads: key on the padded row (the Distiller says)
+        self.loaded = 0  # rows read from the sweep's shared file (load)
 
     @property
     def enabled(self) -> bool:
@@ -100,3 +152,45 @@ class TeacherCache:
                 return
             self.rows[key] = row
             self.bytes += size
+
+    # -- shared across the jobs of a sweep ----------------------------------------------------
+    def load(self, path: Path) -> int:
+        """Add the rows kept in `path` (those that fit the limit); how many. A file that is not
+        there or does not read (another version's, half a disk) is no rows."""
+        if not self.enabled:
+            return 0
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            keys, heads = data["keys"], data["heads"]
+            if not isinstance(keys, list) or len(keys) != len(heads):
+                return 0
+        except Exception:  # noqa: BLE001 (not ours, truncated, another version's: no rows)
+            return 0
+        added = 0
+        for key, row in zip(keys, heads):
+            k = bytes.fromhex(key)
+            if k in self.rows:
+                continue
+            size = sum(r.numel() * r.element_size() for r in row) + len(k)
+            if self.bytes + size > self.limit:
+                break
+            self.rows[k] = tuple(row)
+            self.bytes += size
+            added += 1
+        self.loaded = added
+        return added
+
+    def save(self, path: Path) -> bool:
+        """Write every row to `path` (atomically) when this cache computed any; whether it
+        wrote."""
+        if not self.enabled or not self.rows or self.misses == 0:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save({"keys": [k.hex() for k in self.rows],
+                        "heads": [list(r) for r in self.rows.values()]}, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True

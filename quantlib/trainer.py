@@ -30,7 +30,7 @@ from quantlib import metrics, preemption, squad, squad_metrics
 from quantlib.configs import MethodConfig, TrainArgs
 from quantlib.data import load_glue
 from quantlib.stages import StageCallback, stage_starts, staged_lr_lambda
-from quantlib.tasks import TASKS, Task
+from quantlib.tasks import TASKS, Task, finetuned_for
 
 log = logging.getLogger("quantlib")
 
@@ -57,18 +57,18 @@ class JobContext:
     # weights quantized on a grid a packed export can store as is (GPTQ: name ->
     # quantlib.gptq.Result, its integer codes, scales and zero points)
     grids: dict[str, Any] = field(default_factory=dict)
+    # the shared fine-tuning's checkpoint this job's first stage comes from (jobs.sharing), and
+    # that job's id; None: the job fine-tunes by itself
+    finetune_from: str | None = None
+    finetune_job: str | None = None
+    sweep_dir: str | None = None  # the sweep's directory: what its jobs share (teacher rows)
 
 
 def is_finetuned(config: Any, task: Task) -> bool:
     """Does this checkpoint already carry a head trained for the task?"""
-    archs = getattr(config, "architectures", None) or []
-    finetuning_task = (getattr(config, "finetuning_task", None) or "").lower().replace("-", "")
-    if finetuning_task and finetuning_task.removesuffix("v1") != task.name:
-        return False
-    if task.is_qa:
-        return any(a.endswith("ForQuestionAnswering") for a in archs)
-    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
-    return has_head and config.num_labels == task.num_labels
+    return finetuned_for({"architectures": getattr(config, "architectures", None),
+                          "finetuning_task": getattr(config, "finetuning_task", None),
+                          "num_labels": config.num_labels}, task)
 
 
 def load_model(path: str, task: Task, config: Any = None, **kw: Any) -> PreTrainedModel:
@@ -237,31 +237,152 @@ def _any_rank_requested(device: Any) -> bool:
     return requested
 
 
+class KeepFinetuned(TrainerCallback):
+    """The shared fine-tuning job's (TrainArgs.finetune_checkpoint): a checkpoint at the last
+    step, and how many batches an epoch has, for the jobs that resume from it."""
+
+    batches: int | None = None
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.batches = len(train_dataloader) if train_dataloader is not None else None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+
+class FromFinetuned(TrainerCallback):
+    """A job resumed from a shared fine-tuning checkpoint: the checkpoint's step must be the
+    end of this job's own fine-tuning stage, or the job would not compute what it computes
+    alone (shared_start checks it first; this is the check once the Trainer counted)."""
+
+    def __init__(self, stage_epochs: list[float], step: int):
+        self.stage_epochs, self.step = stage_epochs, step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        end = finetune_end(state.max_steps, self.stage_epochs)
+        if state.global_step != self.step or end != self.step:
+            raise RuntimeError(f"the shared fine-tuning's checkpoint is at step {self.step}, "
+                               f"this job's fine-tuning ends at step {end}: run the sweep with "
+                               "finetune_sharing: false")
+
+
+def finetune_end(max_steps: int, stage_epochs: list[float]) -> int:
+    """The step at which the first stage (the fine-tuning) ends: the second's start, or the
+    end of training for a job that only fine-tunes (fp32; ptq and gptq, which quantize after)."""
+    return [*stage_starts(max_steps, stage_epochs), max_steps][1]
+
+
+SHARED_RECORD = "finetune.json"  # in a shared fine-tuning checkpoint: its step and batches
+
+
+def shared_start(ctx: JobContext, stage_epochs: list[float]) -> tuple[str, int] | None:
+    """(the shared fine-tuning checkpoint, its step) when this job can resume from it: the
+    checkpoint is there, ends where this job's fine-tuning stage ends, and holds this model's
+    parameters; None (and the reason in the results) when the job must fine-tune by itself."""
+    import json
+
+    def alone(reason: str) -> None:
+        log.warning("fine-tuning by itself: %s", reason)
+        ctx.info.update(finetune_shared=False, finetune_shared_reason=reason)
+
+    src = Path(str(ctx.finetune_from))
+    try:
+        record = json.loads((src / SHARED_RECORD).read_text())
+        step, batches = int(record["global_step"]), int(record["batches"])
+        accum = int(record.get("gradient_accumulation_steps", 1))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        alone(f"no shared fine-tuning checkpoint in {src} ({type(exc).__name__})")
+        return None
+    per_epoch = max(batches // accum + int(batches % accum > 0), 1)  # as HF's Trainer counts
+    end = finetune_end(math.ceil(sum(stage_epochs) * per_epoch), stage_epochs)
+    if end != step:
+        alone(f"the shared fine-tuning ends at step {step}, this job's at step {end}")
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(src / "model.safetensors"), "pt") as fh:
+            saved = set(fh.keys())
+    except OSError as exc:
+        alone(f"{src}: {exc}")
+        return None
+    own = dict(ctx.model.named_parameters())
+    state = set(ctx.model.state_dict())
+    if saved - state or set(own) - saved:
+        alone("the checkpoint's parameters are not this model's")
+        return None
+    ctx.info.update(finetune_shared=True, finetune_shared_step=step,
+                    finetune_job=ctx.finetune_job)
+    return str(src), step
+
+
 def train_stages(ctx: JobContext, stage_epochs: list[float],
                  callbacks: list[StageCallback], distiller: Any = None) -> StagedTrainer:
     """Train through the stages (skipped when they add up to no epochs), resuming from the
-    job's last checkpoint if a previous run of it was preempted."""
-    trainer = make_trainer(ctx, stage_epochs, [*callbacks, SaveAndStopOnRequest()], distiller)
+    job's last checkpoint if a previous run of it was preempted, else from the shared
+    fine-tuning's checkpoint when the job has one (jobs.sharing)."""
+    extra: list[TrainerCallback] = [SaveAndStopOnRequest()]
+    keep = KeepFinetuned() if ctx.args.finetune_checkpoint and ctx.needs_finetune else None
+    ckpt_dir = ctx.out_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    shared = None
+    if not last and ctx.finetune_from and ctx.needs_finetune and sum(stage_epochs) > 0:
+        shared = shared_start(ctx, stage_epochs)
+    if keep is not None:
+        extra.append(keep)
+    if shared is not None:
+        extra.append(FromFinetuned(stage_epochs, shared[1]))
+    trainer = make_trainer(ctx, stage_epochs, [*callbacks, *extra], distiller)
     for cb in callbacks:  # callbacks that evaluate need the trainer
         cb.bind(trainer)
     if sum(stage_epochs) <= 0:
         return trainer
-    ckpt_dir = ctx.out_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
         ctx.info["resumed_from_step"] = int(last.rsplit("-", 1)[-1])
         for cb in callbacks:  # their own state, saved beside the Trainer's in on_save
             cb.load_checkpoint(last)
-    result = trainer.train(resume_from_checkpoint=last)
+    elif shared is not None:  # the callbacks start fresh: nothing of theirs ran before
+        log.info("resuming from the shared fine-tuning %s", shared[0])
+    result = trainer.train(resume_from_checkpoint=last or (shared[0] if shared else None))
     if preemption.REQUEST.requested:
         raise preemption.Preempted(trainer.state.global_step, preemption.REQUEST.signal_name)
     ctx.info["device"] = (torch.cuda.get_device_name(trainer.args.device)
                           if trainer.args.device.type == "cuda" else trainer.args.device.type)
     ctx.info["train_loss"] = float(result.training_loss)
     ctx.info["train_steps"] = int(result.global_step)
+    if keep is not None:
+        trainer.accelerator.wait_for_everyone()  # every rank's RNG state is in the checkpoint
+        if not trainer.is_world_process_zero():
+            return trainer  # rank 0 moves the checkpoint and cleans up
+        _keep_finetuned(ctx, trainer, keep, ckpt_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints served their turn
     return trainer
+
+
+def _keep_finetuned(ctx: JobContext, trainer: Trainer, keep: KeepFinetuned,
+                    ckpt_dir: Path) -> None:
+    """The last checkpoint becomes <output_dir>/finetuned/, with its step and batches per
+    epoch (SHARED_RECORD), for the jobs that resume from it."""
+    import os
+
+    from quantlib.atomic import write_json
+    from quantlib.jobdir import FINETUNED
+
+    step = trainer.state.global_step
+    src = ckpt_dir / f"checkpoint-{step}"
+    if not src.is_dir() or keep.batches is None:
+        raise RuntimeError(f"the fine-tuning's last checkpoint {src} was not written")
+    write_json(src / SHARED_RECORD, {"global_step": step, "batches": keep.batches,
+                                     "gradient_accumulation_steps":
+                                         trainer.args.gradient_accumulation_steps,
+                                     "epochs": trainer.args.num_train_epochs})
+    final = ctx.out_dir / FINETUNED
+    if final.exists():  # a rerun (--force): the new fine-tuning replaces the old
+        shutil.rmtree(final)
+    os.replace(src, final)
+    ctx.info["finetune_checkpoint_dir"] = str(final)
 
 
 def evaluate_qa(trainer: Trainer, ctx: JobContext) -> dict[str, float]:

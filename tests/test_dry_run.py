@@ -19,39 +19,43 @@ def test_inq_mrpc_lsf_dry_run(tmp_path):
     proc = sweep_cli("launch", str(INQ_MRPC), "--backend", "lsf", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
-    assert out[0] == "sweep inq_mrpc: 24 jobs (dry run, backend lsf; nothing submitted)"
-    table = [line.split() for line in out[2:26]]
-    assert out[1].split()[:5] == ["job", "id", "task", "method", "nbits"]
-    assert [(r[1], r[2], r[3]) for r in table] == [
+    # the 24 jobs after their shared FP32 fine-tuning (tests/test_finetune_sharing.py)
+    assert out[0] == "sweep inq_mrpc: 25 jobs (dry run, backend lsf; nothing submitted)"
+    table = [line.split() for line in out[3:27]]
+    assert out[1].split()[:6] == ["stage", "job", "id", "task", "method", "nbits"]
+    assert out[2].split()[0] == "fp32-finetune"
+    assert [(r[2], r[3], r[4]) for r in table] == [
         ("mrpc", m, str(b)) for m in ("lin", "p2", "mb") for b in range(1, 9)]
-    assert table[0][4] == "runs/inq_mrpc/mrpc_linquant1bit"
-    assert out[-1].strip() == "bsub < runs/inq_mrpc/scripts/lsf_array_1.sh"
+    assert table[0][6] == "runs/inq_mrpc/mrpc_linquant1bit"
+    assert out[-1].strip().startswith("A2=$(bsub -J 'inq_mrpc.after[1-24]' -w \"done(${A1}[1])"
+                                      "\" < ")
     scripts = sorted((tmp_path / "runs/inq_mrpc/scripts").iterdir())
-    assert [s.name for s in scripts] == ["lsf_array_1.sh"]
+    assert [s.name for s in scripts] == ["lsf_array_after_1.sh",
+                                         "lsf_array_fp32-finetune_1.sh", "submit_lsf.sh"]
     text = scripts[0].read_text()
     logs = tmp_path / "runs/inq_mrpc/logs"
-    for line in ('#BSUB -J "inq_mrpc[1-24]"', f"#BSUB -o {logs}/%J_%I.out",
+    for line in ('#BSUB -J "inq_mrpc.after[1-24]"', f"#BSUB -o {logs}/%J_%I.out",
                  f"#BSUB -e {logs}/%J_%I.err", "#BSUB -W 4:00", "#BSUB -n 1",
                  '#BSUB -R "rusage[mem=8164,ngpus_excl_p=1] span[hosts=1]"', "#BSUB -M 8164"):
         assert line in text.splitlines(), line
     assert "-gpu" not in text  # this site asks for GPUs through rusage
     # every array element maps to its own config, which the entry point reads
     cases = [line for line in text.splitlines() if "ENTRY=" in line and ")" in line]
-    assert len(cases) == 24 and cases[0].strip() == f"1) JOB_ID={table[0][0]}; ENTRY=0 ;;"
+    assert len(cases) == 24 and cases[0].strip() == f"1) JOB_ID={table[0][1]}; ENTRY=1 ;;"
     (configs,) = (tmp_path / "runs/inq_mrpc/configs").iterdir()  # one file: a line per job
     assert f"CONFIG={configs}  #" in text
-    config = sweep_configs(tmp_path / "runs/inq_mrpc")[table[0][0]]
+    config = sweep_configs(tmp_path / "runs/inq_mrpc")[table[0][1]]
     assert (config["task"], config["method"], config["nbits"]) == ("mrpc", "lin", 1)
     assert config["batch_size"] == 8 and config["learning_rate"] == 2e-5
     assert config["finetune_epochs"] + 3 * config["epochs_per_stage"] == 9
     assert not (tmp_path / "runs/inq_mrpc/ledger.json").exists()  # nothing launched
-    # the rendered script is valid bash
-    assert subprocess.run(["bash", "-n", str(scripts[0])]).returncode == 0
+    for script in scripts:  # the rendered scripts are valid bash
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
 def test_array_element_runs_its_own_job(tmp_path):
     sweep_cli("launch", str(INQ_MRPC), "--backend", "lsf", "--dry-run", cwd=tmp_path)
-    script = tmp_path / "runs/inq_mrpc/scripts/lsf_array_1.sh"
+    script = tmp_path / "runs/inq_mrpc/scripts/lsf_array_after_1.sh"
     fake = tmp_path / "python"  # stands in for the interpreter: prints what it was given
     fake.write_text("#!/bin/sh\necho \"$QUANTSWEEP_JOB_ID $*\"\n")
     fake.chmod(0o755)
@@ -72,6 +76,7 @@ def test_array_element_runs_its_own_job(tmp_path):
 def test_slurm_dry_run(tmp_path):
     spec = write_spec(tmp_path, """
 name: sl
+finetune_sharing: false
 grid: {task: [rte], method: [lin, p2], nbits: [2, 4, 8]}
 resources:
   gpus: 2
@@ -99,6 +104,7 @@ resources:
 def test_lsf_gpu_syntax_queue_and_chunks(tmp_path):
     spec = write_spec(tmp_path, """
 name: big
+finetune_sharing: false
 grid: {task: [rte], method: [lin], nbits: 1..8, seed: 1..130}
 resources: {gpus: 1, queue: "gpu.4h", mem: 2000, cpus: 4, lsf: {mem_per: core}}
 """)
@@ -152,9 +158,9 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
     assert "HEAVY []" in proc.stdout
 
 
-SEED_STUDIES = {"inq_mrpc": 24, "demo": 31, "q8bert_glue": 9, "distill_quant_glue": 8,
-                "ptq_qat_glue": 96, "ptq_squad_modes": 7, "pruneofa_glue": 16,
-                "distilbert_squad": 2, "sparse_glue": 24}
+SEED_STUDIES = {"inq_mrpc": 25, "demo": 32, "q8bert_glue": 9, "distill_quant_glue": 8,
+                "ptq_qat_glue": 100, "ptq_squad_modes": 7, "pruneofa_glue": 16,
+                "distilbert_squad": 2, "sparse_glue": 28}  # + their shared fine-tunings
 
 
 @pytest.mark.parametrize("name", sorted(SEED_STUDIES))
@@ -173,7 +179,7 @@ def test_every_shipped_sweep_dry_runs(tmp_path, name, backend):
     if name == "distill_quant_glue":  # teachers zipped with their tasks
         assert all(c["model_name_or_path"].endswith("-" + c["task"]) for c in configs)
     if name == "ptq_qat_glue":
-        kinds = {(c["method"], c["calibrator"]) for c in configs}
+        kinds = {(c["method"], c["calibrator"]) for c in configs if "calibrator" in c}
         assert ("qat-kd", "entropy") not in kinds and ("ptq", "entropy") in kinds
 
 

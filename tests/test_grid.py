@@ -9,7 +9,9 @@ from jobs.spec import load_spec
 
 
 def jobs_of(tmp_path, text):
-    return expand(load_spec(write_spec(tmp_path, text)))
+    """The jobs of a spec, one per grid point (no shared fine-tuning: tests/
+    test_finetune_sharing.py)."""
+    return expand(load_spec(write_spec(tmp_path, text + "\nfinetune_sharing: false\n")))
 
 
 def test_product_order_and_count(tmp_path):

@@ -158,7 +158,7 @@ def test_other_base_integers_are_refused(tmp_path, value, fragment):
 
 def test_decimal_and_quoted_integers_are_read_as_written(tmp_path):
     spec = accepted(tmp_path, "name: n\ngrid: {task: [mrpc], method: [lin], nbits: [4, 1]}\n"
-                              "base: {seed: 0}\n")
+                              "base: {seed: 0}\nfinetune_sharing: false\n")
     assert [j.config["nbits"] for j in expand(spec)] == [4, 1]
     spec = accepted(tmp_path, f"name: n\n{GRID}base: {{model_name_or_path: '010'}}\n")
     assert spec.base["model_name_or_path"] == "010"
@@ -230,7 +230,8 @@ def test_huge_zipped_ranges_are_counted(tmp_path):
 
 def test_small_ranges_expand_in_order(tmp_path):
     spec = accepted(tmp_path, "name: r\ngrid: {task: [mrpc], method: [lin], nbits: [1..2, 5, "
-                              "7..8]}\nzip: [{seed: 1..2, learning_rate: [1.0e-5, 2.0e-5]}]\n")
+                              "7..8]}\nzip: [{seed: 1..2, learning_rate: [1.0e-5, 2.0e-5]}]\n"
+                              "finetune_sharing: false\n")
     jobs = expand(spec)
     assert [(j.config["nbits"], j.config["seed"]) for j in jobs][:4] == [
         (1, 1), (1, 2), (2, 1), (2, 2)]

@@ -17,6 +17,7 @@ from jobs.spec import load_spec
 
 SPEC = """
 name: envs
+finetune_sharing: false  # two scripts with the env lines (sharing: tests/test_finetune_sharing.py)
 grid: {task: [mrpc], method: [lin, p2], nbits: [4]}
 resources:
   env: {HF_HOME: "/scratch/my hf", TAG: "a'b $(x)", N: 3}

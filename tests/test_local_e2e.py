@@ -67,8 +67,9 @@ def by_method(jobs: dict) -> dict:
 def test_first_launch_runs_every_job(sweep):
     root, _, proc = sweep
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 jobs, 0 already completed, 4 to run locally, at most 1 at once on CPU" in proc.stdout
-    assert "done 4 | running 0 | failed 0 | left 0" in proc.stderr
+    # lin, p2 and fp32 from the random init fine-tune once, in a shared job (jobs.sharing)
+    assert "5 jobs, 0 already completed, 5 to run locally, at most 1 at once on CPU" in proc.stdout
+    assert "done 5 | running 0 | failed 0 | left 0" in proc.stderr
     jobs = ledger(root)
     assert {e["state"] for e in jobs.values()} == {"completed"}
     for e in jobs.values():
@@ -110,12 +111,13 @@ def test_relaunch_skips_completed_and_reruns_missing(sweep):
     root, spec, _ = sweep
     again = sweep_cli("launch", str(spec), "--backend", "local", cwd=root)
     assert again.returncode == 0
-    assert "4 jobs, 4 already completed (rerun: --force), 0 to run" in again.stdout
+    assert "5 jobs, 5 already completed (rerun: --force), 0 to run" in again.stdout
     lin = next(e for e in ledger(root).values() if e["config"]["method"] == "lin")
     (Path(lin["output_dir"]) / "eval_results.json").unlink()  # its results are gone
     rerun = sweep_cli("launch", str(spec), "--backend", "local", cwd=root)
     assert rerun.returncode == 0, rerun.stderr
-    assert "3 already completed" in rerun.stdout and "1 to run" in rerun.stdout
+    # the shared fine-tuning completed: not run again, lin resumes from its checkpoint
+    assert "4 already completed" in rerun.stdout and "1 to run" in rerun.stdout
     after = ledger(root)
     assert [e["attempts"] for e in after.values()].count(2) == 1
     assert after[[k for k, e in after.items() if e["attempts"] == 2][0]]["config"]["method"] \
@@ -217,5 +219,5 @@ def test_status_of_a_finished_local_sweep(sweep):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[1].split()[:6] == ["job", "id", "task", "method", "nbits", "scheduler"]
-    assert lines[-1] == "4 jobs: 4 completed"
+    assert lines[-1] == "5 jobs: 5 completed"  # with the shared fine-tuning
     assert all(" completed " in line for line in lines[2:-1])

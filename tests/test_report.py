@@ -26,6 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SPEC = """\
 # a small study: FP32 and power-of-two INQ on MRPC
 name: report_demo
+finetune_sharing: false
 grid:
   task: [mrpc]
   method: [p2]

@@ -71,9 +71,10 @@ def test_runtime_config_adds_exactly_the_bookkeeping(here):
     config = runtime_config(spec, job)
     assert set(config) - set(with_defaults(job.config)) == set(RUN_KEYS + STAGE_KEYS)
     assert {k: config[k] for k in RUN_KEYS + STAGE_KEYS} == {
-        "job_id": job.id, "sweep": "s", "output_dir": str(job.output_dir),
+        "job_id": job.id, "sweep": "s", "sweep_dir": str(here / "runs" / "s"),
+        "output_dir": str(job.output_dir),
         "nproc_per_node": 2, "max_requeues": 5, "upstream_dir": None, "stage": None,
-        "after": None}
+        "after": None, "finetune_from": None}
     # everything else: the job's configuration with every default
     rest = {k: v for k, v in config.items() if k not in RUN_KEYS + STAGE_KEYS}
     assert rest == {**with_defaults(job.config), "data_dir": str(here / "data" / "mrpc")}
@@ -292,9 +293,12 @@ class FakeSlurm:
     def render_single(self, spec, job, config_path, sweep_dir):
         return render_single("slurm", spec, job, config_path, sweep_dir)
 
-    def submit_line(self, script, after=None):
+    first_index = 0
+
+    def submit_line(self, script, after=None, elements=None):
         dep = f"--dependency=afterok:{after} " if after else ""
-        return f"sbatch --parsable {dep}{shlex.quote(str(script))}"
+        part = f"--array={elements.first}-{elements.last} " if elements else ""
+        return f"sbatch --parsable {part}{dep}{shlex.quote(str(script))}"
 
 
 def test_a_staged_submission_waits_for_each_parent(here):

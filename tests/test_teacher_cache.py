@@ -144,3 +144,63 @@ def test_a_bad_setting_keeps_the_default_or_turns_it_off(monkeypatch, limit):
     monkeypatch.setenv("QUANTSWEEP_TEACHER_CACHE_MB", limit)
     cache = TeacherCache()
     assert cache.limit == (1024 << 20 if limit == "bad" else 0)
+
+
+# -- across the jobs of a sweep ---------------------------------------------------------------
+def test_a_sweeps_jobs_share_a_teacher_checkpoints_rows(tmp_path):
+    """The second job of a sweep that names the same teacher checkpoint gets its losses from
+    the rows the first one kept, exactly, without running the teacher once."""
+    from quantlib.teacher_cache import shared_file
+
+    student, teacher = classifier_pair()
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    path = shared_file(str(tmp_path / "sweep"), str(folder), question_answering=False)
+    assert path is not None and path.parent == tmp_path / "sweep" / "teacher_cache"
+    data, labels = examples(12), [i % 3 for i in range(12)]
+    batches = [batch(data[i:i + 4], labels[i:i + 4]) for i in range(0, 12, 4)]
+    student.eval()
+    losses = []
+    for job in range(2):
+        d = Distiller(QATKDConfig(), False)
+        d.shared = path
+        d.teacher = Counting(teacher)
+        losses.append([d.compute_loss(student, dict(b)) for b in batches])
+        info = d.save_shared()
+        if job == 0:
+            assert d.teacher.calls == 3 and info["teacher_cache_saved"] and path.is_file()
+            assert info["teacher_cache_loaded"] == 0
+        else:  # every row from the first job's file; nothing new to write
+            assert d.teacher.calls == 0 and info["teacher_cache_loaded"] == 12
+            assert info["teacher_cache_hits"] == 3 and not info["teacher_cache_saved"]
+    assert all(torch.equal(a, b) for a, b in zip(*losses))
+    # another question-answering flag, another sweep: other files
+    assert shared_file(str(tmp_path / "sweep"), str(folder), True) != path
+    assert shared_file(None, str(folder), False) is None
+    assert shared_file(str(tmp_path / "sweep"), str(tmp_path / "nowhere"), False) is None
+
+
+def test_a_rewritten_teacher_is_another_teacher_and_a_bad_file_no_rows(tmp_path):
+    import os
+
+    from quantlib.teacher_cache import shared_file
+
+    _, teacher = classifier_pair()
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    before = shared_file(str(tmp_path), str(folder), False)
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    after = shared_file(str(tmp_path), str(folder), False)
+    assert before != after  # a checkpoint written again (a relaunched stage) starts afresh
+    after.parent.mkdir(parents=True)
+    after.write_bytes(b"not a torch file")
+    cache = TeacherCache()
+    assert cache.load(after) == 0 and not cache.rows
+    d = Distiller(QATKDConfig(), False)
+    d.shared = after
+    d.teacher = Counting(teacher)  # an unreadable file: the job computes its rows
+    student, _ = classifier_pair()
+    d.compute_loss(student, dict(batch(examples(4), [0, 1, 2, 0])))
+    assert d.teacher.calls == 1 and d.save_shared()["teacher_cache_saved"]
+    assert TeacherCache().load(after) == 4  # and its rows replaced the bad file

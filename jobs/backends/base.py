@@ -40,6 +40,16 @@ BUSY = re.compile(r"LSF is processing your request|Please wait|concurrent query 
                   r"Cannot connect|slurm_load_jobs error|Failed to contact|temporarily "
                   r"unavailable|Timed out|not responding", re.IGNORECASE)
 @dataclass(frozen=True)
+class Elements:
+    """Some elements of an array script, submitted on their own (those that wait for one same
+    job): indices first..last as the script numbers them, at most `parallel` running at once."""
+
+    first: int
+    last: int
+    parallel: int | None = None
+
+
+@dataclass(frozen=True)
 class Submitted:
     """A job the scheduler took: its id ("123_4" for an array element) and its log file."""
 
@@ -133,9 +143,11 @@ class Backend(ABC):
         """The array scripts of `jobs` (one stage), with their jobs in array order."""
 
     @abstractmethod
-    def submit_line(self, script: Path, after: str | None = None) -> str:
+    def submit_line(self, script: Path, after: str | None = None,
+                    elements: Elements | None = None) -> str:
         """The shell command that submits `script` (after the job `after`, a scheduler id or a
-        shell expression of one), as the dry run prints it."""
+        shell expression of one; only the array elements `elements`), as the dry run prints
+        it."""
 
     def describe(self, spec: Spec) -> list[str]:
         """Lines the dry run prints about this backend's choices (dialect, units, limits)."""
@@ -206,20 +218,29 @@ class SchedulerBackend(Backend):
         """The script of one later-stage job (its dependency is given at submission)."""
 
     @abstractmethod
-    def send(self, script: Path, after: str | None = None) -> str:
-        """Submit one script (held until the job `after` completed); the id the scheduler
-        gives. Raises RuntimeError with the scheduler's words when it refuses."""
+    def send(self, script: Path, after: str | None = None,
+             elements: Elements | None = None) -> str:
+        """Submit one script (held until the job `after` completed; of an array script, only
+        `elements`); the id the scheduler gives. Raises RuntimeError with the scheduler's words
+        when it refuses."""
 
     def submit(self, spec: Spec, jobs: list[Job], deps: list[str | None],
                configs: dict[str, ConfigRef], sweep_dir: Path, tag: str = "") -> list[Submitted]:
         """Submit one stage's jobs: the scripts render() writes, those without a dependency as
-        arrays, each other one on its own after its dependency (a scheduler id). Returns them in
+        arrays, a later-stage job on its own after its dependency (a scheduler id), and the
+        jobs after a shared fine-tuning as arrays rendered together and submitted by element
+        ranges, one per parent (jobs.scripts.dependent_runs). Returns them in
         order; raises Refused with what was taken before a refusal (logs: logs/<id>.out)."""
+        from jobs.scripts import after_tag, dependent_runs
+
         logs = sweep_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)  # neither scheduler creates the log directory
         out: dict[int, Submitted] = {}
         position = {j.id: i for i, j in enumerate(jobs)}
-        free = [j for j, d in zip(jobs, deps) if d is None]
+        dep_of = {j.id: d for j, d in zip(jobs, deps)}
+        free = [j for j in jobs if dep_of[j.id] is None]
+        dependent = [j for j in jobs if dep_of[j.id] is not None]
+        single, grouped = dependent_runs(dependent)
         try:
             for script, chunk in (self.render(spec, free, configs, sweep_dir, tag)
                                   if free else []):
@@ -227,12 +248,32 @@ class SchedulerBackend(Backend):
                 for index, job in enumerate(chunk, self.first_index):
                     out[position[job.id]] = Submitted(f"{array}_{index}",
                                                       logs / f"{array}_{index}.out")
-            for job, dep in zip(jobs, deps):
-                if dep is not None:
-                    job_id = self.send(self.render_single(spec, job, configs[job.id],
-                                                          sweep_dir), dep)
-                    out[position[job.id]] = Submitted(job_id, logs / f"{job_id}.out")
+            for job in single:
+                job_id = self.send(self.render_single(spec, job, configs[job.id], sweep_dir),
+                                   dep_of[job.id])
+                out[position[job.id]] = Submitted(job_id, logs / f"{job_id}.out")
+            for script, chunk in (self.render(spec, grouped, configs, sweep_dir,
+                                              after_tag(tag)) if grouped else []):
+                for first, run in runs_of(chunk, self.first_index):
+                    elements = Elements(first, first + len(run) - 1,
+                                        spec.resources.array_parallelism)
+                    array = self.send(script, dep_of[run[0].id], elements)
+                    for index, job in enumerate(run, first):
+                        out[position[job.id]] = Submitted(f"{array}_{index}",
+                                                          logs / f"{array}_{index}.out")
         except RuntimeError as exc:
             raise Refused(f"--backend {self.name}: `{self.command}` refused the submission: "
                           f"{exc}", out) from None
         return [out[i] for i in range(len(jobs))]
+
+
+def runs_of(chunk: list[Job], first_index: int) -> list[tuple[int, list[Job]]]:
+    """An array script's jobs cut into runs of consecutive jobs after the same job: (the
+    run's first element index, its jobs)."""
+    runs: list[tuple[int, list[Job]]] = []
+    for i, job in enumerate(chunk, first_index):
+        if runs and runs[-1][1][-1].after == job.after:
+            runs[-1][1].append(job)
+        else:
+            runs.append((i, [job]))
+    return runs

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from jobs.backends.base import Backend
 from jobs.grid import Job
@@ -312,7 +312,8 @@ class LocalBackend(Backend):
     def dependency_option(self, ref: str) -> str:
         return f"# after {ref} completes"
 
-    def submit_line(self, script: Path, after: str | None = None) -> str:
+    def submit_line(self, script: Path, after: str | None = None,
+                    elements: Any = None) -> str:
         return f"bash {shlex.quote(str(script))}" + (f"  # after {after} completes"
                                                       if after else "")
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.backends.base import NotAnswered, SchedulerBackend, Submitted, run_query
+from jobs.backends.base import Elements, NotAnswered, SchedulerBackend, Submitted, run_query
 from jobs.resources import Resources
 from quantlib.errors import UserError
 from quantlib.jobdir import UNSURE, valid_id
@@ -271,6 +271,16 @@ def _exit_code(path: Path) -> int | None:
         return None
 
 
+def array_name(script: Path, elements: Elements) -> str:
+    """`-J "name[first-last]%N"` for some elements of an array script we rendered (its own
+    #BSUB -J names the array; bsub's command line wins over the script's #BSUB lines)."""
+    m = re.search(r'^#BSUB -J "([^"\[]+)\[', script.read_text(encoding="utf-8"), re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"{script}: no array name (#BSUB -J) in it")
+    return f"{m.group(1)}[{elements.first}-{elements.last}]" + (
+        f"%{elements.parallel}" if elements.parallel else "")
+
+
 def bsub(script: Path, dependency: str | None = None, extra: list[str] | None = None) -> str:
     """Submit one script on stdin (bsub reads #BSUB lines only there); the job id it gives."""
     cmd = (["bsub"] + (["-w", f"done({lsf_target(dependency)})"] if dependency else [])
@@ -388,9 +398,11 @@ class LsfBackend(SchedulerBackend):
     def dependency_option(self, ref: str) -> str:
         return f'-w "done({ref})"'
 
-    def submit_line(self, script: Path, after: str | None = None) -> str:
+    def submit_line(self, script: Path, after: str | None = None,
+                    elements: Elements | None = None) -> str:
         dep = f"{self.dependency_option(after)} " if after else ""
-        return f"bsub {dep}< {shlex.quote(str(script))}"
+        part = f"-J {shlex.quote(array_name(script, elements))} " if elements else ""
+        return f"bsub {part}{dep}< {shlex.quote(str(script))}"
 
     first_index = 1  # LSF numbers array elements from 1
 
@@ -401,9 +413,12 @@ class LsfBackend(SchedulerBackend):
 
     _site: Site | None = None
 
-    def send(self, script: Path, after: str | None = None) -> str:
+    def send(self, script: Path, after: str | None = None,
+             elements: Elements | None = None) -> str:
         begin = begin_option(self._site or site(Resources())) if after else None
-        return bsub(script, after, begin.split() if begin else None)
+        extra = (begin.split() if begin else []) + (
+            ["-J", array_name(script, elements)] if elements else [])
+        return bsub(script, after, extra)
 
     def states(self, sweep_dir: Path, ids: list[str]) -> dict[str, str]:
         ids = [i for i in ids if valid_id(i)]

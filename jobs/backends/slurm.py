@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.backends.base import NotAnswered, SchedulerBackend, run_query
+from jobs.backends.base import Elements, NotAnswered, SchedulerBackend, run_query
 from quantlib.jobdir import valid_id
 
 if TYPE_CHECKING:
@@ -26,9 +26,16 @@ if TYPE_CHECKING:
     from quantlib.jobdir import ConfigRef
 
 
-def sbatch(script: Path, dependency: str | None = None) -> str:
+def array_option(elements: Elements) -> str:
+    """Some elements of an array script (the command line's --array wins over #SBATCH's)."""
+    return f"--array={elements.first}-{elements.last}" + (
+        f"%{elements.parallel}" if elements.parallel else "")
+
+
+def sbatch(script: Path, dependency: str | None = None,
+           elements: Elements | None = None) -> str:
     """Submit one script; the job id sbatch gives (--parsable: "ID" or "ID;cluster")."""
-    cmd = ["sbatch", "--parsable"]
+    cmd = ["sbatch", "--parsable"] + ([array_option(elements)] if elements else [])
     if dependency:
         cmd += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
     try:
@@ -135,12 +142,15 @@ class SlurmBackend(SchedulerBackend):
     def dependency_option(self, ref: str) -> str:
         return f"--dependency=afterok:{ref} --kill-on-invalid-dep=yes"
 
-    def submit_line(self, script: Path, after: str | None = None) -> str:
+    def submit_line(self, script: Path, after: str | None = None,
+                    elements: Elements | None = None) -> str:
         dep = f"{self.dependency_option(after)} " if after else ""
-        return f"sbatch --parsable {dep}{shlex.quote(str(script))}"
+        part = f"{array_option(elements)} " if elements else ""
+        return f"sbatch --parsable {part}{dep}{shlex.quote(str(script))}"
 
-    def send(self, script: Path, after: str | None = None) -> str:
-        return sbatch(script, after)
+    def send(self, script: Path, after: str | None = None,
+             elements: Elements | None = None) -> str:
+        return sbatch(script, after, elements)
 
     def states(self, sweep_dir: Path, ids: list[str]) -> dict[str, str]:
         ids = [i for i in ids if valid_id(i)]

@@ -1,0 +1,98 @@
+"""Shared fine-tuning on real schedulers: the jobs after a shared FP32 fine-tuning go out as
+element ranges of one array script, each range held until its parent completed (SLURM
+afterok, LSF done() on volclava), and resume from the parent's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import recording, write_spec
+
+from jobs.ledger import Ledger
+from jobs.spec import FINETUNE_STAGE
+
+SPEC = """
+name: {name}
+grid: {{task: [sst2], method: [lin, p2], nbits: [2], seed: [1, 2]}}
+base:
+  model_name_or_path: {model}
+  data_dir: {data}
+  finetune_epochs: 1
+  epochs_per_stage: 0.5
+  max_seq_length: 16
+  max_train_samples: 64
+  max_eval_samples: 32
+resources: {{cpus: 1, mem: 1000, time: 20}}
+"""
+
+
+def cli(env, cwd, *args):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def scenario(env, tmp_path, tiny_model, demo_task, backend) -> dict:
+    name = f"share{backend}"
+    spec = write_spec(tmp_path, SPEC.format(name=name, model=tiny_model, data=demo_task))
+    launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
+    assert launched.returncode == 0, launched.stderr
+    assert f"submitted 6 jobs to {backend.upper()}" in launched.stdout, launched.stdout
+    assert "4 wait for their previous-stage job" in launched.stdout
+    sweep = tmp_path / "runs" / name
+    deadline = time.monotonic() + 300
+    while True:
+        proc = cli(env, tmp_path, "status", str(sweep))
+        if proc.stdout.splitlines()[-1:] == ["6 jobs: 6 completed"]:
+            break
+        if time.monotonic() > deadline or "failed" in proc.stdout.splitlines()[-1]:
+            pytest.fail(proc.stdout)
+        time.sleep(1.0)
+    ledger = Ledger(sweep).jobs
+    parents = {jid: e for jid, e in ledger.items() if e.get("stage") == FINETUNE_STAGE}
+    assert len(parents) == 2
+    for jid, e in ledger.items():
+        if jid in parents:
+            assert (Path(e["output_dir"]) / "finetuned" / "trainer_state.json").is_file()
+            continue
+        parent = parents[e["after"]]
+        assert e["waits_for"] == parent["scheduler_id"]
+        mine = json.loads((Path(e["output_dir"]) / "status.json").read_text())
+        theirs = json.loads((Path(parent["output_dir"]) / "status.json").read_text())
+        assert mine["started"] >= theirs["ended"]
+        results = json.loads((Path(e["output_dir"]) / "eval_results.json").read_text())
+        assert results["finetune_shared"] is True and results["finetune_job"] == e["after"]
+    # each child ran once: one log per element
+    children = [e for jid, e in ledger.items() if jid not in parents]
+    assert len({e["scheduler_id"] for e in children}) == 4
+    assert len({e["scheduler_id"].split("_")[0] for e in children}) == 2  # a range a parent
+    return ledger
+
+
+def test_slurm_runs_the_children_after_their_shared_fine_tuning(slurm, tmp_path, tiny_model,
+                                                                 demo_task):
+    env, calls = recording(slurm, tmp_path, "sbatch")
+    ledger = scenario(env, tmp_path, tiny_model, demo_task, "slurm")
+    lines = calls.read_text().splitlines()
+    ranges = sorted(re.findall(r"--array=(\S+) --dependency=afterok:(\S+)", " ".join(lines)))
+    parents = sorted(e["scheduler_id"] for e in ledger.values()
+                     if e.get("stage") == FINETUNE_STAGE)
+    assert ranges == [("0-1", parents[0]), ("2-3", parents[1])], lines
+
+
+def test_lsf_runs_the_children_after_their_shared_fine_tuning(volclava, tmp_path, tiny_model,
+                                                              demo_task):
+    env, calls = recording(volclava, tmp_path, "bsub")
+    ledger = scenario(env, tmp_path, tiny_model, demo_task, "lsf")
+    text = calls.read_text()
+    ranges = sorted((re.search(r"-J sharelsf\.after\[(\d+-\d+)\]", line).group(1),
+                     re.search(r"-w done\((\S+)\)", line).group(1))
+                    for line in text.splitlines() if "-J" in line)
+    parents = sorted(e["scheduler_id"].replace("_", "[") + "]" for e in ledger.values()
+                     if e.get("stage") == FINETUNE_STAGE)
+    assert ranges == [("1-2", parents[0]), ("3-4", parents[1])], text
