@@ -10,7 +10,6 @@ directory in the runtime config.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 from jobs.sharing import share_finetune
 from jobs.spec import (
+    FINETUNE_STAGE,
     MAX_PATH_BYTES,
     OUTPUT_DIR_ROOM,
     Spec,
@@ -175,7 +175,7 @@ def expand(spec: Spec) -> list[Job]:
     for k, stage in enumerate(spec.stages):
         prefix = f"stages[{k}]." if spec.staged else ""
         last = k == len(spec.stages) - 1
-        stage_jobs: list[Job] = []
+        made: list[tuple[Job | None, str, dict[str, Any], Path, str]] = []
         for parent, source, values, point in _candidates(spec, stage, prefix, parents):
             if not last:
                 values["save_model"] = True  # the next stage starts from it
@@ -198,30 +198,37 @@ def expand(spec: Spec) -> list[Job]:
                 raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} "
                                                          f"would share the directory {out}")
             out_dirs[out] = label
+            made.append((parent, jid, config, out, source))
+        shared: list[Job | None] = [p for p, *_ in made]  # what each job waits for
+        if k == 0:  # the implicit first stage: shared fine-tuning jobs (jobs.sharing)
+            configs, members = share_finetune(spec, [c for _, _, c, _, _ in made], set(seen))
+            for config, group in zip(configs, members):
+                job = _shared_job(spec, sweep_dir, config, len(jobs) + 1)
+                jobs.append(job)
+                for i in group:
+                    shared[i] = job
+        stage_jobs: list[Job] = []
+        for (parent, jid, config, out, source), after in zip(made, shared):
             job = Job(jid, len(jobs) + 1, config, out, source, stage.name,
-                      parent.id if parent else None, parent.output_dir if parent else None)
+                      after.id if after else None, after.output_dir if after else None,
+                      shared_finetune=after is not None and parent is None)
             jobs.append(job)
             stage_jobs.append(job)
-        if k == 0:
-            shared, stage_jobs = share_finetune(
-                spec, stage_jobs, sweep_dir, set(seen),
-                lambda config, name: _shared_job(spec, sweep_dir, config, name))
-            jobs = shared + stage_jobs
         parents = list(stage_jobs)
-    return [dataclasses.replace(j, index=i) if j.index != i else j
-            for i, j in enumerate(jobs, 1)]
+    return jobs
 
 
-def _shared_job(spec: Spec, sweep_dir: Path, config: dict[str, Any], stage: str) -> Job:
-    """A shared fine-tuning job (jobs.sharing): in jobs/<stage>/, whatever output_dir says."""
+def _shared_job(spec: Spec, sweep_dir: Path, config: dict[str, Any], index: int) -> Job:
+    """A shared fine-tuning job (jobs.sharing): in jobs/<its stage>/, whatever output_dir
+    says."""
     jid = job_id(config)
-    out = sweep_dir / "jobs" / stage / default_dir_name(config, jid)
+    out = sweep_dir / "jobs" / FINETUNE_STAGE / default_dir_name(config, jid)
     size = len(str(out).encode("utf-8", "surrogateescape"))
     if size > MAX_PATH_BYTES - OUTPUT_DIR_ROOM:
         raise SpecError(spec.path, "sweep_dir", f"the shared fine-tuning job's directory is "
                         f"{size} bytes as an absolute path; at most "
                         f"{MAX_PATH_BYTES - OUTPUT_DIR_ROOM} (or finetune_sharing: false)")
-    return Job(jid, 0, config, out, "finetune_sharing", stage)
+    return Job(jid, index, config, out, "finetune_sharing", FINETUNE_STAGE)
 
 
 def _candidates(spec: Spec, stage: SweepStage, prefix: str, parents: list[Job | None]

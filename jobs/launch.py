@@ -18,7 +18,7 @@ from jobs.ledger import Ledger
 from jobs.running import rel_path, states
 from jobs.safeyaml import control_char
 from jobs.scripts import label, render_staged_submission, write_configs
-from jobs.sharing import by_stage, sharing_note
+from jobs.sharing import by_stage, sharing_note, unshare_known
 from jobs.spec import FINETUNE_STAGE, SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
 from quantlib.errors import UserError, os_error
 from quantlib.jobdir import LEDGER, now, valid_id
@@ -168,6 +168,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                   f"queued or running)", file=out)
             return 0
         _prefetch(spec, todo)
+        jobs, todo = _unshare_known(ledger, jobs, todo)
         configs = write_configs(spec, todo, sweep_dir)
         # a later-stage job waits for its parent when the parent is submitted now or still
         # queued / running; a queued job whose parent is resubmitted waits for a failed id:
@@ -267,6 +268,24 @@ def _prefetch(spec: Spec, todo: list[Job]) -> None:
         prefetch(spec, todo)
 
 
+def _unshare_known(ledger: Ledger, jobs: list[Job], todo: list[Job]
+                   ) -> tuple[list[Job], list[Job]]:
+    """After the prefetch: the shared fine-tunings of checkpoints that need none are dropped
+    (jobs.sharing.unshare_known), from the ledger too where they never ran."""
+    jobs, dropped = unshare_known(jobs)
+    if not dropped:
+        return jobs, todo
+    for jid in dropped:
+        if not ledger.jobs.get(jid, {}).get("attempts"):
+            ledger.jobs.pop(jid, None)
+    now = {j.id: j for j in jobs}
+    for j in jobs:
+        if j.id in ledger.jobs and ledger.jobs[j.id].get("after") in dropped:
+            ledger.jobs[j.id]["after"] = None
+    ledger.save()
+    return jobs, [now[j.id] for j in todo if j.id in now]
+
+
 def _needed(jobs: list[Job], todo: list[Job], force: bool) -> list[Job]:
     """`todo` less the shared fine-tuning jobs that no job to run needs (all their children
     completed: a relaunch never fine-tunes for nothing)."""
@@ -312,6 +331,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         if not todo and not adopted:
             return 0
         _prefetch(spec, todo)
+        jobs, todo = _unshare_known(ledger, jobs, todo)
         for job in todo:  # queued here; `sweep status` shows them pending while we run
             ledger.jobs[job.id].update(state="pending", backend="local")
         ledger.save()

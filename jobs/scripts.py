@@ -45,14 +45,16 @@ def runtime_config(spec: Spec, job: Job, local: dict[str, str | None] | None = N
         if value not in local:
             path = Path(value)
             local[value] = str(path.absolute()) if path.exists() else None
+            local["\0abs:" + value] = str(path.absolute())
         if local[value] is not None or key in PATH_KEYS:
-            config[key] = local[value] or str(Path(value).absolute())
+            config[key] = local[value] or local["\0abs:" + value]
     for key, value in config.items():  # a later stage starts from its parent's saved model
         if isinstance(value, str) and value.startswith(MARKER):
             assert job.upstream_dir is not None and value == MARKER + str(job.after)
             config[key] = str(job.upstream_dir / "model")
-    bookkeeping = dict(job_id=job.id, sweep=spec.name,
-                       sweep_dir=str(Path(spec.sweep_dir).absolute()),
+    if "\0sweep_dir" not in local:  # the same for every job ("\0": never a config value)
+        local["\0sweep_dir"] = str(Path(spec.sweep_dir).absolute())
+    bookkeeping = dict(job_id=job.id, sweep=spec.name, sweep_dir=local["\0sweep_dir"],
                        output_dir=str(job.output_dir),
                        nproc_per_node=max(1, spec.resources.gpus),
                        max_requeues=spec.resources.max_requeues, stage=job.stage or None,

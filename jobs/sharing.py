@@ -28,9 +28,9 @@ from quantlib.tasks import TASKS, finetuned_for
 MIN_CHILDREN = 2  # one job alone gains nothing from waiting for a parent
 
 
-def parent_config(config: dict) -> dict | None:
+def parent_config(config: dict, known: dict[str, dict | None] | None = None) -> dict | None:
     """The shared fine-tuning job's configuration for a job that can share (None: it cannot,
-    or has no fine-tuning to share)."""
+    or has no fine-tuning to share). `known`: checkpoint configs already read, by name."""
     if not finetune_shareable(config):
         return None
     full = {**defaults(config["method"]), **config}
@@ -40,8 +40,14 @@ def parent_config(config: dict) -> dict | None:
     if full["finetune"] == "never" or not epochs > 0 or not epochs.is_integer():
         return None
     if full["finetune"] == "auto":  # a checkpoint fine-tuned for the task fine-tunes nothing
-        known = checkpoint_config(str(full["model_name_or_path"]))
-        if known is not None and finetuned_for(known, TASKS[full["task"]]):
+        name = str(full["model_name_or_path"])
+        if known is None or name not in known:
+            found = checkpoint_config(name)
+            if known is not None:
+                known[name] = found
+        else:
+            found = known[name]
+        if found is not None and finetuned_for(found, TASKS[full["task"]]):
             return None
     values = {k: config[k] for k in FINETUNE_KEYS if k in config}
     return resolve({**values, "method": "fp32", "finetune_checkpoint": True})
@@ -80,38 +86,46 @@ def checkpoint_config(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def share_finetune(spec: Spec, jobs: list, sweep_dir: Path, taken: set[str],
-                   make_job) -> tuple[list, list]:
-    """(the parent jobs, `jobs` with those that share made their children). `taken`: ids of
-    the sweep's jobs so far (a parent never replaces one); `make_job(config, stage)`: a Job
-    for a parent configuration (jobs.grid builds it: id, directory)."""
+def share_finetune(spec: Spec, configs: list[dict], taken: set[str]
+                   ) -> tuple[list[dict], list[list[int]]]:
+    """The shared fine-tunings of a first stage whose jobs have `configs`: (their
+    configurations, and for each the positions of the jobs that take it). `taken`: ids of the
+    sweep's jobs (a shared job is never one of them: that group stays unshared)."""
+    from jobs.grid import job_id
+
     if not spec.finetune_sharing:
-        return [], jobs
+        return [], []
     groups: dict[str, list[int]] = {}
-    configs: dict[str, dict] = {}
-    for i, job in enumerate(jobs):
-        if job.after is not None:
-            continue
-        pconf = parent_config(job.config)
-        if pconf is None:
-            continue
-        key = identity_key(pconf)
-        groups.setdefault(key, []).append(i)
-        configs[key] = pconf
-    parents = []
-    out = list(jobs)
+    parents: dict[str, dict] = {}
+    known: dict[str, dict | None] = {}
+    seen: dict[tuple, str | None] = {}  # the fine-tuning's arguments -> identity (10,000 jobs)
+    for i, config in enumerate(configs):
+        what = (finetune_shareable(config), config.get("method"),
+                *(_key(config.get(k)) for k in FINETUNE_KEYS))
+        if what not in seen:
+            pconf = parent_config(config, known)
+            seen[what] = None if pconf is None else identity_key(pconf)
+            if pconf is not None:
+                parents[str(seen[what])] = pconf
+        key = seen[what]
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    out_configs, out_members = [], []
     for key, members in groups.items():
-        if len(members) < MIN_CHILDREN:
+        if len(members) < MIN_CHILDREN or job_id(parents[key]) in taken:
             continue
-        parent = make_job(configs[key], FINETUNE_STAGE)
-        if parent.id in taken:  # the spec has this very job: leave the group unshared
-            continue
-        taken.add(parent.id)
-        parents.append(parent)
-        for i in members:
-            out[i] = dataclasses.replace(out[i], after=parent.id, upstream_dir=parent.output_dir,
-                                         shared_finetune=True)
-    return parents, out
+        out_configs.append(parents[key])
+        out_members.append(members)
+    return out_configs, out_members
+
+
+def _key(value):
+    """A config value as part of a dict key (the fine-tuning's arguments are scalars)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return (type(value).__name__, value)
 
 
 def stage_names(spec: Spec) -> list[str]:
@@ -144,3 +158,21 @@ def sharing_note(jobs: list) -> list[str]:
             f"{len(children)} jobs, which resume from its checkpoint (kept in its directory's "
             f"finetuned/): {saved:g} fine-tuning epochs fewer; finetune_sharing: false in the "
             "spec gives each job its own"]
+
+
+def unshare_known(jobs: list) -> tuple[list, set[str]]:
+    """`jobs` less the shared fine-tunings that turn out to have nothing to fine-tune now that
+    the launch fetched the model (a hub checkpoint already fine-tuned for the task: its
+    config.json was not in the hub cache when the spec was expanded); their children run on
+    their own. Returns (the jobs, the ids of the shared jobs dropped)."""
+    dropped = set()
+    for parent in (j for j in jobs if j.stage == FINETUNE_STAGE):
+        child = next((j for j in jobs if j.shared_finetune and j.after == parent.id), None)
+        if child is not None and parent_config(child.config) is None:
+            dropped.add(parent.id)
+    if not dropped:
+        return jobs, dropped
+    out = [dataclasses.replace(j, after=None, upstream_dir=None, shared_finetune=False)
+           if j.shared_finetune and j.after in dropped else j
+           for j in jobs if j.id not in dropped]
+    return out, dropped

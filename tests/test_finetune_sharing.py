@@ -255,3 +255,27 @@ def test_the_hub_cache_tells_a_fine_tuned_hub_checkpoint(tmp_path, monkeypatch):
     jobs = expand(_spec(tmp_path, f"name: s\n{grid}base: {{model_name_or_path: "
                         "someone/not-cached}\n"))
     assert len(jobs) == 3  # not known here: shared (the shared job finds out)
+
+
+def test_a_checkpoint_found_fine_tuned_after_the_prefetch_drops_its_shared_job(tmp_path,
+                                                                              monkeypatch):
+    """Expanded before the launch fetched it, a hub checkpoint is unknown (shared); once its
+    config.json is in the hub cache and says it carries the task's head, the shared job goes
+    and its children run on their own (jobs.launch calls this after the prefetch)."""
+    from jobs.sharing import unshare_known
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    grid = "grid: {task: [sst2], method: [lin, p2], nbits: [2]}\n"
+    spec = _spec(tmp_path, f"name: s\n{grid}base: {{model_name_or_path: someone/bert-sst2}}\n")
+    jobs = expand(spec)
+    assert len(jobs) == 3
+    assert unshare_known(jobs) == (jobs, set())  # still not known: kept
+    snap = tmp_path / "hub" / "models--someone--bert-sst2" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc")
+    (snap / "config.json").write_text(json.dumps({
+        "architectures": ["BertForSequenceClassification"], "num_labels": 2}))
+    kept, dropped = unshare_known(jobs)
+    assert dropped == {jobs[0].id} and [j.id for j in kept] == [j.id for j in jobs[1:]]
+    assert all(j.after is None and not j.shared_finetune for j in kept)

@@ -271,13 +271,23 @@ def _exit_code(path: Path) -> int | None:
         return None
 
 
+_names: dict[tuple[str, int, int], str] = {}  # (script, mtime, size) -> its array's name
+
+
 def array_name(script: Path, elements: Elements) -> str:
     """`-J "name[first-last]%N"` for some elements of an array script we rendered (its own
-    #BSUB -J names the array; bsub's command line wins over the script's #BSUB lines)."""
-    m = re.search(r'^#BSUB -J "([^"\[]+)\[', script.read_text(encoding="utf-8"), re.MULTILINE)
-    if m is None:
-        raise RuntimeError(f"{script}: no array name (#BSUB -J) in it")
-    return f"{m.group(1)}[{elements.first}-{elements.last}]" + (
+    #BSUB -J names the array; bsub's command line wins over the script's #BSUB lines). The
+    name is read once per script: a sweep's hundreds of ranges share a few scripts."""
+    st = script.stat()
+    key = (str(script), st.st_mtime_ns, st.st_size)
+    if key not in _names:
+        with open(script, encoding="utf-8") as fh:
+            head = fh.read(8192)  # the #BSUB lines come first
+        m = re.search(r'^#BSUB -J "([^"\[]+)\[', head, re.MULTILINE)
+        if m is None:
+            raise RuntimeError(f"{script}: no array name (#BSUB -J) in it")
+        _names[key] = m.group(1)
+    return f"{_names[key]}[{elements.first}-{elements.last}]" + (
         f"%{elements.parallel}" if elements.parallel else "")
 
 
