@@ -278,12 +278,15 @@ def describe(spec: Spec, config: dict[str, Any]) -> str:
 
 def _output_dir(spec: Spec, stage: SweepStage, sweep_dir: Path, config: dict[str, Any],
                 jid: str, label: str = "") -> Path:
-    if spec.output_dir:
-        fields = {a: _safe(config.get(a, "NA")) for a in spec.axes}
-        rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, stage=stage.name or "NA",
-                                          **fields))
-    else:
-        rel = Path("jobs") / stage.name / default_dir_name(config, jid)
+    if not spec.output_dir:  # jobs/[<stage>/]<name>: _safe components, under 255 bytes each
+        name = default_dir_name(config, jid)
+        out = Path(f"{sweep_dir}/jobs/{stage.name}/{name}" if stage.name
+                   else f"{sweep_dir}/jobs/{name}")
+        _check_size(spec, out, label or jid)
+        return out
+    fields = {a: _safe(config.get(a, "NA")) for a in spec.axes}
+    rel = Path(spec.output_dir.format(job_id=jid, name=spec.name, stage=stage.name or "NA",
+                                      **fields))
     out = sweep_dir / rel
     if ".." in rel.parts or rel.is_absolute():  # spec.py checks the pattern; values are _safe
         raise SpecError(spec.path, "output_dir", f"{rel} leaves the sweep directory")
@@ -292,13 +295,17 @@ def _output_dir(spec: Spec, stage: SweepStage, sweep_dir: Path, config: dict[str
     problem = output_dir_problem(rel, str(rel))
     if problem:
         raise SpecError(spec.path, "output_dir", f"job {shorten(label or jid, 120)}: {problem}")
+    _check_size(spec, out, label or jid)
+    return out
+
+
+def _check_size(spec: Spec, out: Path, label: str) -> None:
     size = len(str(out).encode("utf-8", "surrogateescape"))
     if size > MAX_PATH_BYTES - OUTPUT_DIR_ROOM:
-        raise SpecError(spec.path, "output_dir", f"job {shorten(label or jid, 120)}: its "
+        raise SpecError(spec.path, "output_dir", f"job {shorten(label, 120)}: its "
                         f"directory is {size} bytes as an absolute path; at most "
                         f"{MAX_PATH_BYTES - OUTPUT_DIR_ROOM} (its checkpoints and results go "
                         "under it)")
-    return out
 
 
 def default_dir_name(config: dict[str, Any], jid: str) -> str:

@@ -100,8 +100,9 @@ def share_finetune(spec: Spec, configs: list[dict], taken: set[str]
     known: dict[str, dict | None] = {}
     seen: dict[tuple, str | None] = {}  # the fine-tuning's arguments -> identity (10,000 jobs)
     for i, config in enumerate(configs):
+        # resolved values of scalar arguments (each of one kind: validated), hashable as is
         what = (finetune_shareable(config), config.get("method"),
-                *(_key(config.get(k)) for k in FINETUNE_KEYS))
+                tuple(map(config.get, FINETUNE_KEYS)))
         if what not in seen:
             pconf = parent_config(config, known)
             seen[what] = None if pconf is None else identity_key(pconf)
@@ -117,15 +118,6 @@ def share_finetune(spec: Spec, configs: list[dict], taken: set[str]
         out_configs.append(parents[key])
         out_members.append(members)
     return out_configs, out_members
-
-
-def _key(value):
-    """A config value as part of a dict key (the fine-tuning's arguments are scalars)."""
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return (type(value).__name__, value)
 
 
 def stage_names(spec: Spec) -> list[str]:
