@@ -160,7 +160,8 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
         queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")
                   or (j in unsure and not force)]
         todo = _needed(jobs, [j for j in jobs if j not in queued
-                              and (force or resolved[j.id][0] != "completed")], force)
+                              and (force or resolved[j.id][0] != "completed")], force,
+                       resolved)
         done = sum(1 for j in jobs if j not in todo and j not in queued
                    and resolved[j.id][0] == "completed")
         if not todo:
@@ -286,12 +287,13 @@ def _unshare_known(ledger: Ledger, jobs: list[Job], todo: list[Job]
     return jobs, [now[j.id] for j in todo if j.id in now]
 
 
-def _needed(jobs: list[Job], todo: list[Job], force: bool) -> list[Job]:
-    """`todo` less the shared fine-tuning jobs that no job to run needs (all their children
-    completed: a relaunch never fine-tunes for nothing)."""
+def _needed(jobs: list[Job], todo: list[Job], force: bool,
+            resolved: dict[str, tuple[str, str | None]]) -> list[Job]:
+    """`todo` less the shared fine-tuning jobs whose children all completed (a relaunch never
+    fine-tunes for nothing); one with a child to run, or still queued behind it, stays."""
     if force:
         return todo
-    waiting = {j.after for j in todo if j.shared_finetune}
+    waiting = {j.after for j in jobs if j.shared_finetune and resolved[j.id][0] != "completed"}
     return [j for j in todo if j.stage != FINETUNE_STAGE or j.id in waiting]
 
 
@@ -314,7 +316,8 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         # again: this launch adopts it (waits for it), even with --force
         adopted = [j for j in jobs if resolved[j.id][0] == "running"]
         todo = _needed(jobs, [j for j in jobs if j not in adopted
-                              and (force or resolved[j.id][0] != "completed")], force)
+                              and (force or resolved[j.id][0] != "completed")], force,
+                       resolved)
         done = sum(1 for j in jobs if j not in todo and j not in adopted
                    and resolved[j.id][0] == "completed")
         print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
