@@ -79,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=10152)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--backends", default="lsf,slurm,local",
+                    help="in this order (the first one's runs meet the machine coldest)")
     ap.add_argument("--dir", default=".", help="where the sweep directory is made (default: "
                     "here; on the development VM /tmp creates files 9x slower than /work)")
     args = ap.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
         spec = root / "big.yaml"
         spec.write_text(f"name: big\ngrid: {{task: [rte, mrpc], method: [lin, p2, mb], "
                         f"nbits: 1..8, seed: 1..{seeds}}}\n")
-        for backend in ("lsf", "slurm", "local"):
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             first, again, ref, files = [], [], [], []
             for i in range(args.repeat):
                 # a fresh directory each time: deleting 10,000 files just before would charge
