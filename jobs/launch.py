@@ -159,11 +159,7 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
                 "status shows it), or with --force to submit them anyway")
         queued = [j for j in jobs if resolved[j.id][0] in ("pending", "running")
                   or (j in unsure and not force)]
-        todo = _needed(jobs, [j for j in jobs if j not in queued
-                              and (force or resolved[j.id][0] != "completed")], force,
-                       resolved)
-        done = sum(1 for j in jobs if j not in todo and j not in queued
-                   and resolved[j.id][0] == "completed")
+        todo, done = _todo(jobs, queued, force, resolved)
         if not todo:
             print(f"sweep {spec.name}: nothing to submit ({done} completed, {len(queued)} "
                   f"queued or running)", file=out)
@@ -279,22 +275,29 @@ def _unshare_known(ledger: Ledger, jobs: list[Job], todo: list[Job]
     for jid in dropped:
         if not ledger.jobs.get(jid, {}).get("attempts"):
             ledger.jobs.pop(jid, None)
-    now = {j.id: j for j in jobs}
+    by_id = {j.id: j for j in jobs}
     for j in jobs:
         if j.id in ledger.jobs and ledger.jobs[j.id].get("after") in dropped:
             ledger.jobs[j.id]["after"] = None
     ledger.save()
-    return jobs, [now[j.id] for j in todo if j.id in now]
+    return jobs, [by_id[j.id] for j in todo if j.id in by_id]
 
 
-def _needed(jobs: list[Job], todo: list[Job], force: bool,
-            resolved: dict[str, tuple[str, str | None]]) -> list[Job]:
-    """`todo` less the shared fine-tuning jobs whose children all completed (a relaunch never
-    fine-tunes for nothing); one with a child to run, or still queued behind it, stays."""
-    if force:
-        return todo
-    waiting = {j.after for j in jobs if j.shared_finetune and resolved[j.id][0] != "completed"}
-    return [j for j in todo if j.stage != FINETUNE_STAGE or j.id in waiting]
+def _todo(jobs: list[Job], busy: list[Job], force: bool,
+          resolved: dict[str, tuple[str, str | None]]) -> tuple[list[Job], int]:
+    """(the jobs to run: not `busy` (queued, running, adopted), not completed unless --force,
+    less the shared fine-tuning jobs whose children all completed: a relaunch never
+    fine-tunes for nothing; how many jobs are completed and not run again)."""
+    skip = {j.id for j in busy}
+    todo = [j for j in jobs if j.id not in skip
+            and (force or resolved[j.id][0] != "completed")]
+    if not force:  # a shared job with a child to run, or still queued behind it, stays
+        waiting = {j.after for j in jobs
+                   if j.shared_finetune and resolved[j.id][0] != "completed"}
+        todo = [j for j in todo if j.stage != FINETUNE_STAGE or j.id in waiting]
+    skip.update(j.id for j in todo)
+    done = sum(1 for j in jobs if j.id not in skip and resolved[j.id][0] == "completed")
+    return todo, done
 
 
 def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | None,
@@ -315,11 +318,7 @@ def run_local(spec: Spec, jobs: list[Job], *, force: bool, max_parallel: int | N
         # a job whose process an earlier (killed) launcher left running is never started
         # again: this launch adopts it (waits for it), even with --force
         adopted = [j for j in jobs if resolved[j.id][0] == "running"]
-        todo = _needed(jobs, [j for j in jobs if j not in adopted
-                              and (force or resolved[j.id][0] != "completed")], force,
-                       resolved)
-        done = sum(1 for j in jobs if j not in todo and j not in adopted
-                   and resolved[j.id][0] == "completed")
+        todo, done = _todo(jobs, adopted, force, resolved)
         print(f"sweep {spec.name}: {len(jobs)} jobs, {done} already completed"
               f"{' (rerun: --force)' if done and not force else ''}, {len(todo)} to run "
               f"locally, at most {max_parallel} at once"

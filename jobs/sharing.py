@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from jobs.spec import FINETUNE_STAGE, Spec
 from quantlib.configs import FINETUNE_KEYS, defaults, finetune_shareable, identity_key, resolve
@@ -157,11 +158,13 @@ def unshare_known(jobs: list) -> tuple[list, set[str]]:
     the launch fetched the model (a hub checkpoint already fine-tuned for the task: its
     config.json was not in the hub cache when the spec was expanded); their children run on
     their own. Returns (the jobs, the ids of the shared jobs dropped)."""
-    dropped = set()
-    for parent in (j for j in jobs if j.stage == FINETUNE_STAGE):
-        child = next((j for j in jobs if j.shared_finetune and j.after == parent.id), None)
-        if child is not None and parent_config(child.config) is None:
-            dropped.add(parent.id)
+    first_child: dict[str, Any] = {}
+    for j in jobs:
+        if j.shared_finetune:
+            first_child.setdefault(str(j.after), j)
+    known: dict[str, dict | None] = {}
+    dropped = {pid for pid, child in first_child.items()
+               if parent_config(child.config, known) is None}
     if not dropped:
         return jobs, dropped
     out = [dataclasses.replace(j, after=None, upstream_dir=None, shared_finetune=False)
