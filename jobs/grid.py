@@ -10,6 +10,7 @@ directory in the runtime config.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -153,6 +154,7 @@ def where_from(spec: Spec, job: Job, key: str) -> str:
     return _key_source(spec, stage, prefix, key, job.source, point)
 
 
+@functools.lru_cache(maxsize=4096, typed=True)  # a grid's jobs repeat their tasks and methods
 def _safe(value: Any) -> str:
     """A value as one path component: no separator, never '.' or '..'."""
     text = re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-")[:80]
@@ -168,9 +170,10 @@ def expand(spec: Spec) -> list[Job]:
                         f"the limit of {_count_text(spec.max_jobs)} (raise it with max_jobs: N "
                         "in the spec, or --max-jobs N)")
     sweep_dir = Path(spec.sweep_dir).absolute()
+    axes = spec.axes
     jobs: list[Job] = []
     seen: dict[str, str] = {}
-    out_dirs: dict[Path, str] = {}
+    out_dirs: dict[str, str] = {}
     parents: list[Job | None] = [None]
     for k, stage in enumerate(spec.stages):
         prefix = f"stages[{k}]." if spec.staged else ""
@@ -185,7 +188,7 @@ def expand(spec: Spec) -> list[Job]:
                 raise SpecError(spec.path, _key_source(spec, stage, prefix, exc.key, source,
                                                        point), exc.message) from None
             jid = job_id(config)
-            label = describe(spec, config)
+            label = describe_axes(axes, config)
             if jid in seen:
                 ignored = ignored_keys(values)
                 hint = (f"; method {config['method']!r} ignores {', '.join(ignored)}: give "
@@ -194,10 +197,10 @@ def expand(spec: Spec) -> list[Job]:
                                 f"configuration as {seen[jid]}){hint}")
             seen[jid] = source if not source.endswith("grid") else f"grid point {label}"
             out = _output_dir(spec, stage, sweep_dir, config, jid, label)
-            if out in out_dirs:
-                raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[out]} and {label} "
-                                                         f"would share the directory {out}")
-            out_dirs[out] = label
+            if str(out) in out_dirs:
+                raise SpecError(spec.path, "output_dir", f"jobs {out_dirs[str(out)]} and "
+                                f"{label} would share the directory {out}")
+            out_dirs[str(out)] = label
             made.append((parent, jid, config, out, source))
         shared: list[Job | None] = [p for p, *_ in made]  # what each job waits for
         if k == 0:  # the implicit first stage: shared fine-tuning jobs (jobs.sharing)
@@ -272,16 +275,18 @@ def _candidates(spec: Spec, stage: SweepStage, prefix: str, parents: list[Job | 
 
 def describe(spec: Spec, config: dict[str, Any]) -> str:
     """A job's label: its axis values (not the markers of a previous stage's model)."""
-    return ",".join(f"{a}={config[a]}" for a in spec.axes
+    return describe_axes(spec.axes, config)
+
+
+def describe_axes(axes: list[str], config: dict[str, Any]) -> str:
+    return ",".join(f"{a}={config[a]}" for a in axes
                     if a in config and not str(config[a]).startswith(MARKER)) or "(base)"
 
 
 def _output_dir(spec: Spec, stage: SweepStage, sweep_dir: Path, config: dict[str, Any],
                 jid: str, label: str = "") -> Path:
     if not spec.output_dir:  # jobs/[<stage>/]<name>: _safe components, under 255 bytes each
-        name = default_dir_name(config, jid)
-        out = Path(f"{sweep_dir}/jobs/{stage.name}/{name}" if stage.name
-                   else f"{sweep_dir}/jobs/{name}")
+        out = _jobs_root(sweep_dir, stage.name) / default_dir_name(config, jid)
         _check_size(spec, out, label or jid)
         return out
     fields = {a: _safe(config.get(a, "NA")) for a in spec.axes}
@@ -297,6 +302,12 @@ def _output_dir(spec: Spec, stage: SweepStage, sweep_dir: Path, config: dict[str
         raise SpecError(spec.path, "output_dir", f"job {shorten(label or jid, 120)}: {problem}")
     _check_size(spec, out, label or jid)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _jobs_root(sweep_dir: Path, stage: str) -> Path:
+    """Where the default job directories of a stage go: jobs/[<stage>/]."""
+    return sweep_dir / "jobs" / stage if stage else sweep_dir / "jobs"
 
 
 def _check_size(spec: Spec, out: Path, label: str) -> None:

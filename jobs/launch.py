@@ -17,11 +17,11 @@ from jobs.grid import Job, expand
 from jobs.ledger import Ledger
 from jobs.running import rel_path, states
 from jobs.safeyaml import control_char
-from jobs.scripts import label, render_staged_submission, write_configs
+from jobs.scripts import label, pack_note, render_staged_submission, write_configs
 from jobs.sharing import by_stage, sharing_note, unshare_known
 from jobs.spec import FINETUNE_STAGE, SWEEP_FILE_PREFIXES, SWEEP_FILES, Spec, load_spec
 from quantlib.errors import UserError, os_error
-from quantlib.jobdir import LEDGER, now, valid_id
+from quantlib.jobdir import CANCEL_REQUEST, LEDGER, now, valid_id
 
 
 def job_table(jobs: list[Job], states: dict[str, str] | None = None) -> str:
@@ -45,7 +45,7 @@ def dry_run(spec: Spec, jobs: list[Job], backend: str, out: IO[str]) -> int:
     print(f"sweep {spec.name}: {len(jobs)} jobs (dry run, backend {backend}; nothing submitted)",
           file=out)
     print(job_table(jobs), file=out)
-    notes = be.describe(spec) + sharing_note(jobs)
+    notes = be.describe(spec) + sharing_note(jobs) + pack_note(spec, backend)
     if notes:
         print("", *notes, sep="\n", file=out)
     print(f"\nscripts in {rel_path(sweep_dir / 'scripts')}; would run:", file=out)
@@ -167,6 +167,12 @@ def submit_cluster(spec: Spec, jobs: list[Job], backend: str, *, force: bool,
         _prefetch(spec, todo)
         jobs, todo = _unshare_known(ledger, jobs, todo)
         configs = write_configs(spec, todo, sweep_dir)
+        for j in todo:  # an earlier `sweep cancel` of it in a pack: this submission runs it
+            try:
+                (j.output_dir / CANCEL_REQUEST).unlink(missing_ok=True)
+            except OSError as exc:
+                raise UserError(f"{j.output_dir}: cannot clear its cancel request: "
+                                f"{os_error(exc)}; nothing was submitted") from None
         # a later-stage job waits for its parent when the parent is submitted now or still
         # queued / running; a queued job whose parent is resubmitted waits for a failed id:
         # cancelled and resubmitted with it

@@ -7,7 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quantlib.configs import suggest
@@ -45,6 +45,7 @@ MAX_ENV_STRING = 128 * 1024
 # comment lines that a scheduler reads as its options: LSF, SLURM, PBS/Torque, SGE, Moab,
 # LoadLeveler, Flux (compared case-insensitively, after leading whitespace)
 DIRECTIVE_PREFIXES = ("#bsub", "#sbatch", "#pbs", "#$", "#msub", "#@", "#flux:")
+MAX_PACK = 64  # jobs per allocation at most (resources.pack)
 SLURM_MAX_SIGNAL_S = 65535  # sbatch --signal=[B:]SIG@N takes N in 0..65535
 BASH_CHECK_TIMEOUT_S = 10
 
@@ -81,6 +82,7 @@ class Resources:
     array_parallelism: int | None = None
     max_array_size: int | None = None  # elements per array; default: what the scheduler says
     max_requeues: int = MAX_REQUEUES  # time-limit requeues of one job
+    pack: int = 1  # jobs run together in one allocation (N x gpus, cpus, mem): jobs.pack
     lsf: LsfOptions = field(default_factory=LsfOptions)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     setup: list[str] = field(default_factory=list)  # the user's shell lines, run before the job
@@ -91,6 +93,12 @@ class Resources:
         """What every backend's job script runs before the job: the exports (quoted), then the
         setup lines as the user wrote them."""
         return [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()] + list(self.setup)
+
+    def packed(self) -> Resources:
+        """What one allocation of `pack` jobs asks for: pack x the GPUs, cores and memory of a
+        job (the time limit is a job's: they run side by side)."""
+        return replace(self, gpus=self.gpus * self.pack, cpus=self.cpus * self.pack,
+                       mem_mb=self.mem_mb * self.pack)
 
     @property
     def lsf_rusage_mem(self) -> str:
@@ -210,8 +218,8 @@ def parse_resources(raw: Any, path: str) -> Resources:
     if raw is None:
         return Resources()
     allowed = ["gpus", "cpus", "mem", "time", "queue", "partition", "project", "account",
-               "array_parallelism", "max_array_size", "max_requeues", "lsf", "slurm", "setup",
-               "env", "python"]
+               "array_parallelism", "max_array_size", "max_requeues", "pack", "lsf", "slurm",
+               "setup", "env", "python"]
     if not isinstance(raw, dict):
         raise SpecError(path, "resources", f"must be a mapping with keys {', '.join(allowed)}")
     res = Resources()
@@ -225,6 +233,11 @@ def parse_resources(raw: Any, path: str) -> Resources:
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise SpecError(path, where, f"{quote(value)} is not a whole number >= {lo}")
             setattr(res, key, value)
+        elif key == "pack":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PACK:
+                raise SpecError(path, where, f"{quote(value)} is not a whole number from 1 to "
+                                f"{MAX_PACK} (jobs run together in one allocation)")
+            res.pack = value
         elif key == "mem":
             try:
                 res.mem_mb = parse_mem(value)

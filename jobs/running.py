@@ -15,6 +15,7 @@ from jobs.grid import matches
 from jobs.ledger import Ledger
 from quantlib.errors import UserError
 from quantlib.jobdir import (
+    CANCEL_REQUEST,
     LEDGER,
     UNSURE,
     elapsed,
@@ -56,7 +57,7 @@ def scheduler_ids(ledger: Ledger) -> dict[str, list[str]]:
         backend, sid = e.get("backend"), e.get("scheduler_id")
         if backend in scheduled and valid_id(sid):
             by_backend.setdefault(backend, []).append(sid)
-    return by_backend
+    return {b: list(dict.fromkeys(ids)) for b, ids in by_backend.items()}  # a pack's once
 
 
 def states(ledger: Ledger, launcher_active: bool | None = None
@@ -249,16 +250,19 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
                   and matches(dict(conditions), e.get("config", {}))]
         by_backend: dict[str, list[str]] = {}
         scheduled = set(backends.schedulers())
+        alone = _pack_members_alone(ledger, resolved, picked)
         for jid in picked:
             e = ledger.jobs[jid]
-            if e.get("backend") in scheduled:
+            if jid in alone:  # its pack runs on for the others: jobs.pack stops it alone
+                _request_cancel(e)
+            elif e.get("backend") in scheduled:
                 if valid_id(e.get("scheduler_id")):  # never `bkill 0`, never an option
                     by_backend.setdefault(e["backend"], []).append(e["scheduler_id"])
             elif e.get("backend") == "local":  # that very process, not a reused pid
                 backends.get("local").cancel_entry(e)
             ledger.update(jid, state="cancelled", reason="cancelled by sweep cancel")
         for backend, ids in by_backend.items():
-            backends.get(backend).cancel(sweep_dir, ids)
+            backends.get(backend).cancel(sweep_dir, list(dict.fromkeys(ids)))
         name = terminal(ledger.data.get("sweep", sweep_dir.name))
         if picked:
             print(f"sweep {name}: cancelled {len(picked)} jobs; relaunch to resubmit them",
@@ -267,6 +271,31 @@ def cancel(targets: list[str], where: list[str], out: IO[str] | None = None) -> 
             print(f"sweep {name}: cancelled 0 jobs: none is pending or running"
                   + (" and matches " + " ".join(where) if where else ""), file=out)
     return 0
+
+
+def _pack_members_alone(ledger: Ledger, resolved: dict[str, tuple[str, str | None]],
+                        picked: list[str]) -> set[str]:
+    """The picked jobs that share their scheduler id (a pack, resources.pack) with a job that
+    is queued or running and not picked: cancelling the id would stop that one too."""
+    sharing: dict[tuple[Any, Any], list[str]] = {}
+    for jid, e in ledger.jobs.items():
+        if resolved[jid][0] in ("pending", "running") and valid_id(e.get("scheduler_id")):
+            sharing.setdefault((e.get("backend"), e["scheduler_id"]), []).append(jid)
+    chosen = set(picked)
+    return {jid for members in sharing.values() if not chosen.issuperset(members)
+            for jid in members if jid in chosen}
+
+
+def _request_cancel(entry: dict[str, Any]) -> None:
+    """Ask the pack that runs (or will run) the job to stop it (jobs.pack: CANCEL_REQUEST in
+    its directory, made if the job has not started: the pack then never starts it)."""
+    out = Path(entry["output_dir"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CANCEL_REQUEST).write_text("sweep cancel\n")
+    except OSError as exc:
+        raise UserError(f"cannot ask the pack of job {entry.get('job_id', '?')} to stop it: "
+                        f"{out}: {exc.strerror or exc}") from None
 
 
 def logs(job: str, targets: list[str], out: IO[str] | None = None) -> int:

@@ -94,8 +94,6 @@ def _requeue_if_asked(rc: int, config: dict, out_dir: Path) -> int:
     kind = os.environ.get("QUANTSWEEP_REQUEUE")
     if rc != preemption.REQUEUE or not kind:
         return rc
-    import subprocess
-
     from jobs import backends
 
     try:
@@ -113,6 +111,19 @@ def _requeue_if_asked(rc: int, config: dict, out_dir: Path) -> int:
     except RuntimeError as exc:
         print(f"{LOG} {exc}", file=sys.stderr)
         return 1
+    reason = requeue_now(kind, argv, job_id, left)
+    if reason:
+        write_status(out_dir, "failed", reason=reason, ended=now())
+        return 1
+    return rc
+
+
+def requeue_now(kind: str, argv: list[str], job_id: str, left: int) -> str | None:
+    """Run the backend's requeue command `argv` for the scheduler job `job_id` (`left`
+    requeues left after it), leaving LSF's script the marker QUANTSWEEP_REQUEUE_MARKER (no exit
+    code recorded for this run); the reason when it failed (then no marker), else None."""
+    import subprocess
+
     marker = os.environ.get("QUANTSWEEP_REQUEUE_MARKER")
     if marker:
         try:
@@ -127,14 +138,13 @@ def _requeue_if_asked(rc: int, config: dict, out_dir: Path) -> int:
         said = (done.stderr or done.stdout).strip()[:300]
     except (OSError, subprocess.SubprocessError) as exc:
         failed, said = True, str(exc)[:300]
-    if failed:
-        if marker:
-            Path(marker).unlink(missing_ok=True)
-        reason = f"{' '.join(argv)} failed: {said}"
-        write_status(out_dir, "failed", reason=reason, ended=now())
-        print(f"{LOG} {reason}", file=sys.stderr)
-        return 1
-    return rc
+    if not failed:
+        return None
+    if marker:
+        Path(marker).unlink(missing_ok=True)
+    reason = f"{' '.join(argv)} failed: {said}"
+    print(f"{LOG} {reason}", file=sys.stderr)
+    return reason
 
 
 def _main_rank(config: dict, out_dir: Path, reraise: bool) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -456,9 +457,10 @@ def identity_key(resolved: dict[str, Any]) -> str:
     """The job's identity as one canonical text: the same for the same job however its spec
     wrote it. The one test of "the same job": job ids hash it (jobs.grid.job_id), a relaunch
     adopts a recorded job by it (jobs.ledger), collect counts a copied job once by it."""
-    import json
+    return _identity_text(identity(resolved))
 
-    return json.dumps(identity(resolved), sort_keys=True, separators=(",", ":"), default=list)
+
+_identity_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=list).encode
 
 
 def suggest(word: str, options) -> str:
@@ -526,6 +528,15 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
+_ATOMS = (int, float, str, bool, type(None))  # values check_value's result may be cached for
+_CHECKED: dict[tuple[dataclasses.Field, type, Any], Any] = {}  # (field, type, value) -> checked
+
+
+@functools.cache
+def _job_fields(method: str) -> dict[str, dataclasses.Field]:
+    return {**TRAIN_FIELDS, **method_fields(method)}
+
+
 def resolve(values: dict[str, Any]) -> dict[str, Any]:
     """Validate a job's explicit arguments; return only those its method uses, normalised.
 
@@ -542,11 +553,18 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     if method not in METHODS:
         raise ConfigError("method", f"unknown method {method!r}{suggest(method, METHODS)}; "
                                     f"allowed: {', '.join(METHODS)}")
-    fields = {**TRAIN_FIELDS, **method_fields(method)}
     out: dict[str, Any] = {}
-    for key, f in fields.items():
+    checked = _CHECKED
+    for key, f in _job_fields(method).items():
         if key in values:
-            out[key] = check_value(key, values[key], f)
+            value = values[key]
+            if type(value) in _ATOMS:  # a 10,000-job grid checks the same values again and again
+                seen = (f, type(value), value)
+                if seen not in checked:
+                    checked[seen] = check_value(key, value, f)
+                out[key] = checked[seen]
+            else:
+                out[key] = check_value(key, value, f)
         elif f.metadata["required"]:
             raise ConfigError(key, f"missing; method {method!r} needs it")
     task = out["task"]

@@ -11,8 +11,9 @@ A job's output directory:
 
 A sweep directory: ledger.json (jobs.ledger: every job launched; paths in it relative to the
 sweep directory, `entry_path`), .launch.lock (held by a running launch: `launcher_active`),
-configs/<digest>.jsonl (the runtime configs of the jobs a launch submitted, one JSON line per
-job: a job reads its own entry by index, `read_config`; one file per launch, not one per job).
+configs/<digest>.jsonl (the runtime configs of the jobs a launch submitted: a header with
+what the jobs of a method share, then one JSON line per job; a job reads its own entry by index,
+`read_config`; one file per launch, not one per job).
 
 Files are the truth: a job whose results exist is completed whatever the scheduler says; a job
 the scheduler no longer knows and that left no results is failed, never "running" forever; a
@@ -70,6 +71,7 @@ RUN_KEYS = ("job_id", "sweep", "sweep_dir", "output_dir", "nproc_per_node", "max
             "upstream_dir", "finetune_from")
 STAGE_KEYS = ("stage", "after")  # bookkeeping of staged sweeps: a run keeps them where set
 FINETUNED = "finetuned"  # in a shared fine-tuning job's directory: its last Trainer checkpoint
+CANCEL_REQUEST = "cancel.request"  # in a packed job's directory: stop it alone (jobs.pack)
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # status.json and the ledger: local time with its offset
 
@@ -85,11 +87,18 @@ UNSURE = "UNSURE:"
 
 
 CONFIGS_DIR = "configs"  # in the sweep directory: the launches' config files (write_configs)
+# a configs file's first line: {CONFIGS_HEADER: CONFIGS_FORMAT, "bases": [config, ...]}; then
+# one line per job, {BASE_KEY: k, key: value, ...}: the job's config is bases[k] updated with
+# the line (what every job of a method shares is written once per launch, not once per job)
+CONFIGS_HEADER = "quantsweep_configs"
+CONFIGS_FORMAT = 2
+BASE_KEY = "_base"  # never a config key: those are trainer arguments and RUN_KEYS / STAGE_KEYS
+_encode = json.JSONEncoder(sort_keys=True, ensure_ascii=True).encode
 
 
 @dataclass(frozen=True)
 class ConfigRef:
-    """Where a job's runtime config is: entry `entry` (0-based line) of the JSON-lines `path`."""
+    """Where a job's runtime config is: entry `entry` (0-based, after the header) of `path`."""
 
     path: Path
     entry: int
@@ -99,40 +108,70 @@ class ConfigRef:
         return [str(self.path), str(self.entry)]
 
 
-def write_configs_file(sweep_dir: str | os.PathLike, configs: list[dict[str, Any]]
-                       ) -> list[ConfigRef]:
-    """Write the configs as one JSON-lines file under configs/, named by its content (a file
-    that jobs already queued may read is never rewritten; an unchanged relaunch rewrites
-    nothing). One line per config, by the C encoder."""
+def write_configs_file(sweep_dir: str | os.PathLike, bases: list[dict[str, Any]],
+                       entries: list[tuple[int, dict[str, Any]]]) -> list[ConfigRef]:
+    """Write a launch's configs as one JSON-lines file under configs/, named by its content (a
+    file that jobs already queued may read is never rewritten; an unchanged relaunch rewrites
+    nothing): the header with `bases`, then for each (k, update) of `entries` the line that
+    makes its config bases[k] updated with `update` (CONFIGS_HEADER; read by `read_config`)."""
     import hashlib
 
-    lines = [json.dumps(c, sort_keys=True, ensure_ascii=True) for c in configs]
+    lines = [_encode({CONFIGS_HEADER: CONFIGS_FORMAT, "bases": bases})]
+    for k, update in entries:
+        if not 0 <= k < len(bases) or BASE_KEY in update:
+            raise ValueError(f"entry {len(lines) - 1}: no base {k}, or {BASE_KEY} in it")
+        lines.append(_encode({BASE_KEY: k, **update}))
     text = "\n".join(lines) + "\n"
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(sweep_dir) / CONFIGS_DIR / f"{digest}.jsonl"
     if not (path.is_file() and path.stat().st_size == len(text)):
         write_text(path, text, durable=False)
-    return [ConfigRef(path, i) for i in range(len(configs))]
+    return [ConfigRef(path, i) for i in range(len(entries))]
+
+
+def _config_of(bases: list[Any], line: str) -> dict[str, Any]:
+    config = json.loads(line)
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    k = config.pop(BASE_KEY, None)
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(bases) \
+            or not isinstance(bases[k], dict):
+        raise ValueError(f"its {BASE_KEY} {k!r} names none of its {len(bases)} bases")
+    return dict(sorted({**bases[k], **config}.items()))
+
+
+def _bases(first: str) -> list[Any]:
+    """The bases of a configs file, from its first line."""
+    head = json.loads(first) if first else None
+    if not (isinstance(head, dict) and head.get(CONFIGS_HEADER) == CONFIGS_FORMAT
+            and isinstance(head.get("bases"), list)):
+        raise ValueError(f"its first line is not a header of configs format {CONFIGS_FORMAT}")
+    return head["bases"]
 
 
 def read_config(path: str | os.PathLike, entry: int | None = None) -> dict[str, Any]:
-    """A job's runtime config: the JSON file `path`, or entry `entry` of the JSON-lines file
-    `path`. Raises OSError / ValueError when it cannot be read."""
+    """A job's runtime config: the JSON file `path`, or entry `entry` of the configs file
+    `path` (write_configs_file). Raises OSError / ValueError when it cannot be read."""
     if entry is None:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
-    else:
-        if entry < 0:
-            raise ValueError(f"entry {entry} is negative")
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if i == entry:
-                    config = json.loads(line)
-                    break
-            else:
-                raise ValueError(f"it has no entry {entry}")
-    if not isinstance(config, dict):
-        raise ValueError("not a JSON object")
-    return config
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        return config
+    if entry < 0:
+        raise ValueError(f"entry {entry} is negative")
+    with open(path, encoding="utf-8") as fh:
+        bases = _bases(fh.readline())
+        for i, line in enumerate(fh):
+            if i == entry:
+                return _config_of(bases, line)
+    raise ValueError(f"it has no entry {entry}")
+
+
+def read_configs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every entry of a configs file, in order."""
+    with open(path, encoding="utf-8") as fh:
+        bases = _bases(fh.readline())
+        return [_config_of(bases, line) for line in fh]
 
 
 def now() -> str:
@@ -339,11 +378,15 @@ def job_state(entry: dict[str, Any], sched: str | None,
             return "cancelled", entry.get("reason") or "cancelled"
         last = entry.get("state") or "submitted"
         return "unknown", f"{sched[len(UNSURE):]} (last known: {last})"
-    if sched in QUEUED:
-        return "pending", None
+    cancelled = entry.get("state") == "cancelled"
+    if sched in QUEUED:  # (a job cancelled in a pack that waits: the pack never starts it)
+        return ("cancelled", entry.get("reason") or "cancelled") if cancelled else (
+            "pending", None)
     if sched in ACTIVE:
         if file_state == "failed":  # the job has said so and is ending (epilog, COMPLETING)
             return "failed", file_reason
+        if cancelled and file_state != "running":  # stopped in a pack that runs on
+            return "cancelled", entry.get("reason") or "cancelled"
         return "running", None
     if file_state == "completed":  # but is_complete says its results cannot be read
         return "failed", f"{EVAL_JSON} is missing or unreadable"

@@ -1,6 +1,8 @@
 """Shared fine-tuning on real schedulers: the jobs after a shared FP32 fine-tuning go out as
 element ranges of one array script, each range held until its parent completed (SLURM
-afterok, LSF done() on volclava), and resume from the parent's checkpoint."""
+afterok, LSF done() on volclava), and resume from the parent's checkpoint. Packed
+(resources.pack: 2, jobs.pack): the two fine-tunings share one allocation, and each parent's two
+jobs another, each job with its own directory, status and log."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ base:
   max_seq_length: 16
   max_train_samples: 64
   max_eval_samples: 32
-resources: {{cpus: 1, mem: 1000, time: 20}}
+resources: {{cpus: 1, mem: 1000, time: 20, pack: {pack}}}
 """
 
 
@@ -37,9 +39,10 @@ def cli(env, cwd, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def scenario(env, tmp_path, tiny_model, demo_task, backend) -> dict:
+def scenario(env, tmp_path, tiny_model, demo_task, backend, pack=1) -> dict:
     name = f"share{backend}"
-    spec = write_spec(tmp_path, SPEC.format(name=name, model=tiny_model, data=demo_task))
+    spec = write_spec(tmp_path, SPEC.format(name=name, model=tiny_model, data=demo_task,
+                                            pack=pack))
     launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
     assert launched.returncode == 0, launched.stderr
     assert f"submitted 6 jobs to {backend.upper()}" in launched.stdout, launched.stdout
@@ -67,10 +70,31 @@ def scenario(env, tmp_path, tiny_model, demo_task, backend) -> dict:
         assert mine["started"] >= theirs["ended"]
         results = json.loads((Path(e["output_dir"]) / "eval_results.json").read_text())
         assert results["finetune_shared"] is True and results["finetune_job"] == e["after"]
-    # each child ran once: one log per element
     children = [e for jid, e in ledger.items() if jid not in parents]
-    assert len({e["scheduler_id"] for e in children}) == 4
     assert len({e["scheduler_id"].split("_")[0] for e in children}) == 2  # a range a parent
+    if pack == 1:  # each child ran once: one log per element
+        assert len({e["scheduler_id"] for e in children}) == 4
+        return ledger
+    # packed: the two parents in one allocation, each parent's two children in another
+    assert len({e["scheduler_id"] for e in parents.values()}) == 1
+    assert len({e["scheduler_id"] for e in children}) == 2
+    for jid, e in ledger.items():
+        sid = e["scheduler_id"]
+        log = Path(e["log"])
+        assert log == sweep / "logs" / f"{sid}.{jid}.out"  # its own log
+        assert "jobs.runtime: completed" in log.read_text()
+        # the pack's own log says when each started and ended (the scheduler may write it
+        # after the member's results: LSF copies its spooled output when the job ends)
+        deadline = time.monotonic() + 60
+        while True:
+            pack_log = "".join(p.read_text() for p in (sweep / "logs").glob(f"{sid}.*")
+                               if p.suffix in (".out", ".err") and p.stem == sid)
+            if f"started {jid}" in pack_log and f"{jid} ended (exit 0)" in pack_log:
+                break
+            assert time.monotonic() < deadline, pack_log
+            time.sleep(1.0)
+    status = cli(env, tmp_path, "status", str(sweep))  # the members are jobs there
+    assert status.stdout.splitlines()[-1] == "6 jobs: 6 completed"
     return ledger
 
 
@@ -96,3 +120,26 @@ def test_lsf_runs_the_children_after_their_shared_fine_tuning(volclava, tmp_path
     parents = sorted(e["scheduler_id"].replace("_", "[") + "]" for e in ledger.values()
                      if e.get("stage") == FINETUNE_STAGE)
     assert ranges == [("1-2", parents[0]), ("3-4", parents[1])], text
+
+
+def test_slurm_runs_packed_jobs_side_by_side(slurm, tmp_path, tiny_model, demo_task):
+    env, calls = recording(slurm, tmp_path, "sbatch")
+    ledger = scenario(env, tmp_path, tiny_model, demo_task, "slurm", pack=2)
+    lines = calls.read_text().splitlines()
+    ranges = sorted(re.findall(r"--array=(\S+) --dependency=afterok:(\S+)", " ".join(lines)))
+    (parents,) = {e["scheduler_id"] for e in ledger.values() if e.get("stage") == FINETUNE_STAGE}
+    assert ranges == [("0-0", parents), ("1-1", parents)], lines
+    script = Path(lines[0].split()[-1]).read_text()
+    assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=2000M" in script
+
+
+def test_lsf_runs_packed_jobs_side_by_side(volclava, tmp_path, tiny_model, demo_task):
+    env, calls = recording(volclava, tmp_path, "bsub")
+    ledger = scenario(env, tmp_path, tiny_model, demo_task, "lsf", pack=2)
+    (parents,) = {e["scheduler_id"] for e in ledger.values() if e.get("stage") == FINETUNE_STAGE}
+    text = calls.read_text()
+    ranges = sorted((re.search(r"-J sharelsf\.after\[(\d+-\d+)\]", line).group(1),
+                     re.search(r"-w done\((\S+)\)", line).group(1))
+                    for line in text.splitlines() if "-J" in line)
+    target = parents.replace("_", "[") + "]"
+    assert ranges == [("1-1", target), ("2-2", target)], text

@@ -245,3 +245,51 @@ def test_local_dry_run_lists_jobs_in_stage_order(tmp_path):
     teacher = next(c for c in configs if c["method"] == "fp32")
     assert student["teacher_name_or_path"] == teacher["output_dir"] + "/model"
     assert student["model_name_or_path"] == "distilbert-base-uncased"
+
+
+@pytest.mark.parametrize("backend", ["slurm", "lsf"])
+def test_a_packed_element_runs_its_jobs_together(tmp_path, backend):
+    """resources.pack: 4: each element of the array is an allocation of 4 jobs' resources and
+    runs `python -m jobs.pack` on its jobs' entries (jobs.pack; tests/test_pack.py)."""
+    spec = write_spec(tmp_path, """
+name: pk
+grid: {task: [rte], method: [lin, p2], nbits: [2, 4, 8]}
+resources: {pack: 4, gpus: 1, cpus: 2, mem: 8G}
+""")
+    proc = sweep_cli("launch", str(spec), "--backend", backend, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resources.pack: 4: up to 4 jobs (waiting for the same job) share one allocation " \
+           "of 4 GPUs, 8 cores and 32768 MB" in proc.stdout
+    # the shared fine-tuning alone, then its 6 jobs in 2 elements (4 + 2) of one range
+    assert "# 1 job, after" not in proc.stdout and "# 6 jobs in 2 packs, after" in proc.stdout
+    scripts = tmp_path / "runs/pk/scripts"
+    script = scripts / f"{backend}_array_after_1.sh"
+    text = script.read_text()
+    directives = {"slurm": ["#SBATCH --array=0-1", "#SBATCH --cpus-per-task=8",
+                            "#SBATCH --mem=32768M", "#SBATCH --gres=gpu:4"],
+                  "lsf": ['#BSUB -J "pk.after[1-2]"', "#BSUB -n 8",
+                          '#BSUB -R "rusage[mem=32768] span[hosts=1]"', "#BSUB -M 32768",
+                          '#BSUB -gpu "num=4:mode=exclusive_process"']}[backend]
+    for line in directives:
+        assert line in text.splitlines(), line
+    for path in scripts.iterdir():
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    fake = tmp_path / "python"  # stands in for the interpreter: prints what it was given
+    fake.write_text("#!/bin/sh\necho \"$QUANTSWEEP_JOB_ID|$*\"\n")
+    fake.chmod(0o755)
+    script.write_text(text.replace(shlex.quote(sys.executable), str(fake)))
+    var = {"slurm": "SLURM_ARRAY_TASK_ID", "lsf": "LSB_JOBINDEX"}[backend]
+    configs = sweep_configs(tmp_path / "runs/pk")
+    children = [c for c in configs.values() if c["stage"] is None]
+    seen = []
+    for element in ({"slurm": ("0", "1"), "lsf": ("1", "2")}[backend]):
+        out = subprocess.run(["bash", str(script)], env={var: element, "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        ids, argv = out.stdout.splitlines()[-1].split("|")
+        words = argv.split()
+        assert words[:6] == ["-m", "jobs.pack", "--gpus", "1", "--cpus", "2"]
+        members = [read_config(words[i], int(words[i + 1])) for i in range(6, len(words), 2)]
+        assert ids.split() == [m["job_id"] for m in members]
+        seen += [m["job_id"] for m in members]
+    assert [len(seen)] == [6] and sorted(seen) == sorted(c["job_id"] for c in children)

@@ -148,6 +148,18 @@ def test_counts_are_whole_numbers(key, value, lo):
     refused({key: value}, f"resources.{key}", f"is not a whole number >= {lo}")
 
 
+@pytest.mark.parametrize("value", [0, 65, True, "2", 2.0, None, [2]])
+def test_pack_is_a_whole_number_up_to_64(value):
+    refused({"pack": value}, "resources.pack", "is not a whole number from 1 to 64")
+
+
+def test_a_pack_asks_for_n_times_a_job():
+    res = accepted({"pack": 3, "gpus": 2, "cpus": 4, "mem": "8GB", "time": "1:00"})
+    alloc = res.packed()
+    assert (alloc.gpus, alloc.cpus, alloc.mem_mb, alloc.time_minutes) == (6, 12, 24576, 60)
+    assert (res.gpus, res.cpus, res.mem_mb) == (2, 4, 8192)  # a job's own, unchanged
+
+
 @pytest.mark.parametrize("value", [0, "0GB", "-5GB", "lots", True])
 def test_mem_refused(value):
     refused({"mem": value}, "resources.mem", "is not a memory size above 0",

@@ -28,7 +28,15 @@ from jobs.scripts import (
 )
 from jobs.spec import Spec, parse_spec
 from quantlib.configs import with_defaults
-from quantlib.jobdir import RUN_KEYS, STAGE_KEYS, read_config
+from quantlib.jobdir import (
+    BASE_KEY,
+    CONFIGS_FORMAT,
+    CONFIGS_HEADER,
+    RUN_KEYS,
+    STAGE_KEYS,
+    read_config,
+    read_configs,
+)
 
 LSF10 = Site("lsf10", "MB", "test")
 HOSTILE = "a'b \"c\" $(touch PWNED) `touch PWNED` ; touch PWNED #x \\"
@@ -115,24 +123,42 @@ def test_a_later_stage_starts_from_its_parents_model(here):
 
 
 def test_write_configs_one_line_each(here):
-    spec = spec_of(here, SIMPLE)
+    two_methods = SIMPLE.replace("[fp32]", "[fp32, lin]").replace("{data", "{nbits: 4, data")
+    spec = spec_of(here, two_methods)
     jobs = expand(spec)
     sweep = here / "sw"
     refs = write_configs(spec, jobs, sweep)
     (path,) = {r.path for r in refs.values()}  # one file for the launch, a line per job
     assert list((sweep / "configs").iterdir()) == [path] and path.suffix == ".jsonl"
     assert [refs[j.id].entry for j in jobs] == list(range(len(jobs)))
-    assert path.read_text() == "".join(json.dumps(runtime_config(spec, j), sort_keys=True)
-                                       + "\n" for j in jobs)
-    for job in jobs:
-        assert read_config(path, refs[job.id].entry) == runtime_config(spec, job)
+    head, *lines = map(json.loads, path.read_text().splitlines())
+    assert len(lines) == len(jobs) and head[CONFIGS_HEADER] == CONFIGS_FORMAT
+    methods = list(dict.fromkeys(j.config["method"] for j in jobs))  # a base per method
+    assert len(head["bases"]) == len(methods) > 1
+    for job, line in zip(jobs, lines):
+        full = runtime_config(spec, job)
+        base = head["bases"][line.pop(BASE_KEY)]
+        assert base == head["bases"][methods.index(job.config["method"])]
+        assert {**base, **line} == full and set(line) < set(full)  # the base: written once
+        assert read_config(path, refs[job.id].entry) == full
+        assert list(read_config(path, refs[job.id].entry)) == sorted(full)
+    assert read_configs(path) == [runtime_config(spec, j) for j in jobs]
     before = path.stat().st_mtime_ns
     assert write_configs(spec, jobs, sweep) == refs  # unchanged: the same file, not rewritten
     assert path.stat().st_mtime_ns == before
     other = write_configs(spec, jobs[:1], sweep)[jobs[0].id]  # another launch: another file
     assert other.path != path and other.entry == 0 and path.is_file()
-    with pytest.raises(ValueError, match="no entry 5"):
-        read_config(path, 5)
+    with pytest.raises(ValueError, match=f"no entry {len(jobs)}"):
+        read_config(path, len(jobs))
+    lines = path.read_text().splitlines()
+    for bad, match in (([lines[0][:-1]] + lines[1:], "Expecting"),  # truncated header
+                       ([lines[1]] + lines[1:], "not a header of configs format 2"),
+                       (lines[:1] + ['{"_base": 7, "seed": 1}'] * 2, "names none of its 2"),
+                       (lines[:1] + ["[1]"] * 2, "not a JSON object")):
+        broken = path.with_name("broken.jsonl")
+        broken.write_text("\n".join(bad) + "\n")
+        with pytest.raises(ValueError, match=match):
+            read_config(broken, 1)
 
 
 def test_labels(here):

@@ -231,7 +231,8 @@ class SchedulerBackend(Backend):
         jobs after a shared fine-tuning as arrays rendered together and submitted by element
         ranges, one per parent (jobs.scripts.dependent_runs). Returns them in
         order; raises Refused with what was taken before a refusal (logs: logs/<id>.out)."""
-        from jobs.scripts import after_tag, dependent_runs
+        from jobs.pack import member_log
+        from jobs.scripts import after_tag, dependent_runs, pack_size, packs_of
 
         logs = sweep_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)  # neither scheduler creates the log directory
@@ -241,39 +242,45 @@ class SchedulerBackend(Backend):
         free = [j for j in jobs if dep_of[j.id] is None]
         dependent = [j for j in jobs if dep_of[j.id] is not None]
         single, grouped = dependent_runs(dependent)
+        n = pack_size(self.name, spec)
+
+        def record(array: str, index: int, pack: list[Job]) -> None:
+            sid = f"{array}_{index}"
+            for job in pack:  # a pack's members: one scheduler id, each its own log
+                out[position[job.id]] = Submitted(
+                    sid, member_log(logs, sid, job.id) if n > 1 else logs / f"{sid}.out")
+
         try:
             for script, chunk in (self.render(spec, free, configs, sweep_dir, tag)
                                   if free else []):
                 array = self.send(script)
-                for index, job in enumerate(chunk, self.first_index):
-                    out[position[job.id]] = Submitted(f"{array}_{index}",
-                                                      logs / f"{array}_{index}.out")
+                for index, pack in enumerate(packs_of(chunk, n), self.first_index):
+                    record(array, index, pack)
             for job in single:
                 job_id = self.send(self.render_single(spec, job, configs[job.id], sweep_dir),
                                    dep_of[job.id])
                 out[position[job.id]] = Submitted(job_id, logs / f"{job_id}.out")
             for script, chunk in (self.render(spec, grouped, configs, sweep_dir,
                                               after_tag(tag)) if grouped else []):
-                for first, run in runs_of(chunk, self.first_index):
+                for first, run in runs_of(packs_of(chunk, n), self.first_index):
                     elements = Elements(first, first + len(run) - 1,
                                         spec.resources.array_parallelism)
-                    array = self.send(script, dep_of[run[0].id], elements)
-                    for index, job in enumerate(run, first):
-                        out[position[job.id]] = Submitted(f"{array}_{index}",
-                                                          logs / f"{array}_{index}.out")
+                    array = self.send(script, dep_of[run[0][0].id], elements)
+                    for index, pack in enumerate(run, first):
+                        record(array, index, pack)
         except RuntimeError as exc:
             raise Refused(f"--backend {self.name}: `{self.command}` refused the submission: "
                           f"{exc}", out) from None
         return [out[i] for i in range(len(jobs))]
 
 
-def runs_of(chunk: list[Job], first_index: int) -> list[tuple[int, list[Job]]]:
-    """An array script's jobs cut into runs of consecutive jobs after the same job: (the
-    run's first element index, its jobs)."""
-    runs: list[tuple[int, list[Job]]] = []
-    for i, job in enumerate(chunk, first_index):
-        if runs and runs[-1][1][-1].after == job.after:
-            runs[-1][1].append(job)
+def runs_of(packs: list[list[Job]], first_index: int) -> list[tuple[int, list[list[Job]]]]:
+    """An array script's elements (jobs.scripts.packs_of) cut into runs of consecutive
+    elements after the same job: (the run's first element index, its elements)."""
+    runs: list[tuple[int, list[list[Job]]]] = []
+    for i, pack in enumerate(packs, first_index):
+        if runs and runs[-1][1][-1][0].after == pack[0].after:
+            runs[-1][1].append(pack)
         else:
-            runs.append((i, [job]))
+            runs.append((i, [pack]))
     return runs
