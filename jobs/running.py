@@ -305,14 +305,21 @@ def logs(job: str, targets: list[str], out: IO[str] | None = None) -> int:
         hits = [(jid, e) for jid, e in ledger.jobs.items()
                 if jid.startswith(job) or str(e.get("scheduler_id")) == job]
         if len(hits) > 1:
-            raise UserError(f"{job}: matches {len(hits)} jobs; give more of the id")
+            packed = all(str(e.get("scheduler_id")) == job for _, e in hits)
+            raise UserError(f"{job}: matches {len(hits)} jobs"
+                            + ("; it is a pack (resources.pack): give one of its job ids, "
+                               + ", ".join(jid for jid, _ in hits[:8]) if packed
+                               else "; give more of the id"))
         if not hits:
             continue
         jid, e = hits[0]
         state, reason = states(ledger)[jid]
         print(terminal(f"job {jid}: {state}" + (f": {reason}" if reason else "")), file=out)
         paths = [log_path(ledger, e)]
-        if e.get("backend") in backends.schedulers() and paths[0].endswith(".out"):
+        sid = str(e.get("scheduler_id"))
+        if Path(paths[0]).name == f"{sid}.{jid}.out":  # a packed job's own; then its pack's
+            paths += [str(Path(paths[0]).with_name(f"{sid}{ext}")) for ext in (".out", ".err")]
+        elif e.get("backend") in backends.schedulers() and paths[0].endswith(".out"):
             paths.append(paths[0].removesuffix(".out") + ".err")
         for path in paths:
             print(f"==> {terminal(rel_path(path))} <==", file=out)

@@ -198,6 +198,125 @@ def store_int8_weights(path: Path) -> int:
     return done
 
 
+# what onnxruntime's CPU provider fuses the dynamic-quantization pattern into (com.microsoft)
+FUSED_INT8 = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention")
+CPU_EXPORT_DROPS = ("the activations' calibrated amax (quantized dynamically per tensor, uint8, "
+                    "as the CPU kernels take them), the attention matmuls' int8 inputs "
+                    "(onnxruntime quantizes no activation x activation MatMul dynamically), "
+                    "the QDQ on GEMM outputs and residual inputs (ft2, ft3), the int8 "
+                    "embeddings (ft3)")
+
+
+def _int8_weights(model: nn.Module) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+    """The job's own int8 weights as the FP32 export stores each quantized Linear's weight
+    (its transpose, in x out, float32): keyed by those bytes, (codes in x out int8, scale per
+    output column), with the QDQ export's scales (amax / 127, per channel or per tensor)."""
+    out = {}
+    with _exportable(model, True) as m:
+        for module in m.modules():
+            q = getattr(module, "weight_quantizer", None)
+            if not (isinstance(module, QuantLinear) and q is not None and q.enabled):
+                continue
+            w = module.weight.detach().float().cpu().numpy()  # out x in
+            scale = np.broadcast_to(np.asarray(q.export_scale, np.float32).reshape(-1),
+                                    (w.shape[0],)).astype(np.float32)
+            codes = np.clip(np.rint(w / scale[:, None]), -128, 127).astype(np.int8)
+            out[np.ascontiguousarray(w.T).tobytes()] = (np.ascontiguousarray(codes.T), scale)
+    return out
+
+
+def export_cpu_int8(model: nn.Module, fp32_path: Path, path: Path, optimized: bool = False
+                    ) -> int:
+    """The INT8 export for onnxruntime's CPU provider: onnxruntime's own dynamic-quantization
+    graph over the FP32 export (`quantize_dynamic`: DynamicQuantizeLinear -> MatMulInteger ->
+    scale, which the provider fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat at load)
+    on the MatMuls of the job's quantized Linears, with the job's own int8 weights and scales
+    written in place of the ones quantize_dynamic computed: the weights keep the fake-quant
+    model's values; what it drops is CPU_EXPORT_DROPS. `optimized`: first onnxruntime's
+    transformer optimizer (fused Attention with Q, K and V packed in one weight, which becomes
+    QAttention; SkipLayerNormalization; BiasGelu). Returns how many weights it quantized."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ours = _int8_weights(model)
+    source = fp32_path
+    if optimized:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        cfg = model.config
+        opt = optimize_model(str(fp32_path), model_type="bert",
+                             num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+        source = path.with_name(f".{path.name}.fp32-optimized")
+        opt.save_model_to_file(str(source))
+    graph = onnx.load(str(source)).graph
+    inits = {i.name: i for i in graph.initializer}
+
+    def mine(name: str, blocks: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Our codes and scales for initializer `name` (`blocks` weights side by side)."""
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        found = [ours.get(np.ascontiguousarray(part).tobytes())
+                 for part in np.split(w, blocks, axis=1)]
+        if any(f is None for f in found):
+            return None
+        return (np.concatenate([c for c, _ in found], axis=1),
+                np.concatenate([sc for _, sc in found]))
+
+    weight_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    nodes, count = [], 0
+    for node in graph.node:
+        packed = {"MatMul": 1, "Attention": 3}.get(node.op_type)
+        if packed and len(node.input) > 1 and node.input[1] in inits:
+            found = mine(node.input[1], packed)
+            if found is not None:
+                weight_of[node.input[1]] = found
+                nodes.append(node.name)
+                count += packed
+    if not weight_of:
+        raise ExportError("export onnx (CPU): no quantized Linear's weight found in the FP32 "
+                          "graph")
+    tmp = path.with_name(f".{path.name}.tmp")
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice
+    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if source != fp32_path:
+        source.unlink()
+    q = onnx.load(str(tmp))
+    by_name = {i.name: i for i in q.graph.initializer}
+    for b, (codes, scale) in weight_of.items():
+        for name, value in ((f"{b}_quantized", codes), (f"{b}_scale", scale),
+                            (f"{b}_zero_point", np.zeros(scale.shape, np.int8))):
+            init = by_name.get(name)
+            if init is None or tuple(init.dims) != value.shape:
+                raise ExportError(f"export onnx (CPU): quantize_dynamic left no {name} of "
+                                  f"shape {value.shape}")
+            init.CopyFrom(numpy_helper.from_array(value, name))
+    onnx.save(q, str(tmp))
+    os.replace(tmp, path)
+    return count
+
+
+def fused_nodes(path: Path) -> dict[str, int]:
+    """The node types of the graph onnxruntime's CPU provider runs (all optimizations)."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+        return dict(collections.Counter(n.op_type for n in graph.node))
+
+
 def session(path: Path):
     import onnxruntime as ort
 
@@ -318,18 +437,49 @@ def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
              if n in ctx.evals["validation"].column_names]
     length = ctx.args.max_seq_length or ctx.task.max_seq_length
     int8_path, fp32_path = ctx.out_dir / "model.onnx", ctx.out_dir / "model_fp32.onnx"
+    cpu_path = ctx.out_dir / "model_int8_cpu.onnx"
     qa = ctx.task.is_qa
     export(ctx.model, int8_path, names, length, quantized=True, qa=qa)
     export(ctx.model, fp32_path, names, length, quantized=False, qa=qa)
-    int8, fp32 = session(int8_path), session(fp32_path)
+    n_matmuls = export_cpu_int8(ctx.model, fp32_path, cpu_path)
+    int8, fp32, cpu = session(int8_path), session(fp32_path), session(cpu_path)
     feed = example_input(ctx.evals["validation"], ctx.tokenizer, length, names)
-    int8_ms, fp32_ms = latency_ms(int8, feed), latency_ms(fp32, feed)
+    int8_ms, fp32_ms, cpu_ms = (latency_ms(s, feed) for s in (int8, fp32, cpu))
     info, verdict = evaluate_against(int8, ctx, names, results)
+    cpu_info, cpu_verdict = evaluate_against(cpu, ctx, names, results)
+    info.update({k.replace("onnx_", "onnx_cpu_", 1): v for k, v in cpu_info.items()
+                 if k != "onnx_threads"})
+    fused = fused_nodes(cpu_path)
     info.update(onnx_latency_ms=int8_ms, onnx_fp32_latency_ms=fp32_ms,
                 onnx_speedup=fp32_ms / int8_ms if int8_ms > 0 else float("nan"),
                 onnx_size_mb=int8_path.stat().st_size / 1e6,
-                onnx_fp32_size_mb=fp32_path.stat().st_size / 1e6)
+                onnx_fp32_size_mb=fp32_path.stat().st_size / 1e6,
+                onnx_cpu_latency_ms=cpu_ms,
+                onnx_cpu_speedup=fp32_ms / cpu_ms if cpu_ms > 0 else float("nan"),
+                onnx_cpu_size_mb=cpu_path.stat().st_size / 1e6,
+                onnx_cpu_fused=sum(fused.get(op, 0) for op in FUSED_INT8),
+                onnx_cpu_quantized_matmuls=n_matmuls,
+                onnx_cpu_isa=cpu_isa())
     print(f"quantlib.export: ONNX INT8 {verdict}; latency (batch 1, {length} tokens) "
-          f"{int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms: {info['onnx_speedup']:.2f}x",
-          flush=True)
+          f"{int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms: {info['onnx_speedup']:.2f}x", flush=True)
+    print(f"quantlib.export: ONNX INT8 for the CPU (dynamic activations; drops "
+          f"{CPU_EXPORT_DROPS}) {cpu_verdict}; {info['onnx_cpu_fused']} fused int8 nodes of "
+          f"{info['onnx_cpu_quantized_matmuls']} quantized matmuls; {cpu_ms:.2f} ms: "
+          f"{info['onnx_cpu_speedup']:.2f}x FP32's speed ({info['onnx_cpu_isa']})", flush=True)
     return info
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+
+
+def cpu_isa() -> str:
+    """The CPU's integer-relevant instruction sets, from /proc/cpuinfo ("avx2 avx512_vnni")."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + ", ".join(ISA_FLAGS)
+    return "unknown"

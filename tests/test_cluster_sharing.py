@@ -1,6 +1,7 @@
 """Shared fine-tuning on real schedulers: the jobs after a shared FP32 fine-tuning go out as
 element ranges of one array script, each range held until its parent completed (SLURM
-afterok, LSF done() on volclava), and resume from the parent's checkpoint. Packed
+afterok, LSF done() on volclava: packed here; unpacked there in
+tests/test_seed_study_volclava.py), and resume from the parent's checkpoint. Packed
 (resources.pack: 2, jobs.pack): the two fine-tunings share one allocation, and each parent's two
 jobs another, each job with its own directory, status and log."""
 
@@ -95,6 +96,16 @@ def scenario(env, tmp_path, tiny_model, demo_task, backend, pack=1) -> dict:
             time.sleep(1.0)
     status = cli(env, tmp_path, "status", str(sweep))  # the members are jobs there
     assert status.stdout.splitlines()[-1] == "6 jobs: 6 completed"
+    jid, e = next(iter(ledger.items()))
+    shown = cli(env, tmp_path, "logs", jid, str(sweep))  # its own log, then its pack's
+    assert shown.returncode == 0, shown.stderr
+    heads = [line for line in shown.stdout.splitlines() if line.startswith("==> ")]
+    sid = e["scheduler_id"]
+    assert [h.split("/")[-1] for h in heads] == [f"{sid}.{jid}.out <==", f"{sid}.out <==",
+                                                 f"{sid}.err <=="], shown.stdout
+    assert "jobs.runtime: completed" in shown.stdout and f"started {jid}" in shown.stdout
+    ambiguous = cli(env, tmp_path, "logs", sid, str(sweep))
+    assert ambiguous.returncode == 2 and "it is a pack (resources.pack)" in ambiguous.stderr
     return ledger
 
 
@@ -107,19 +118,6 @@ def test_slurm_runs_the_children_after_their_shared_fine_tuning(slurm, tmp_path,
     parents = sorted(e["scheduler_id"] for e in ledger.values()
                      if e.get("stage") == FINETUNE_STAGE)
     assert ranges == [("0-1", parents[0]), ("2-3", parents[1])], lines
-
-
-def test_lsf_runs_the_children_after_their_shared_fine_tuning(volclava, tmp_path, tiny_model,
-                                                              demo_task):
-    env, calls = recording(volclava, tmp_path, "bsub")
-    ledger = scenario(env, tmp_path, tiny_model, demo_task, "lsf")
-    text = calls.read_text()
-    ranges = sorted((re.search(r"-J sharelsf\.after\[(\d+-\d+)\]", line).group(1),
-                     re.search(r"-w done\((\S+)\)", line).group(1))
-                    for line in text.splitlines() if "-J" in line)
-    parents = sorted(e["scheduler_id"].replace("_", "[") + "]" for e in ledger.values()
-                     if e.get("stage") == FINETUNE_STAGE)
-    assert ranges == [("1-2", parents[0]), ("3-4", parents[1])], text
 
 
 def test_slurm_runs_packed_jobs_side_by_side(slurm, tmp_path, tiny_model, demo_task):

@@ -70,6 +70,12 @@ def test_the_export_keeps_the_metric_and_is_timed(jobs, method):
     assert results["onnx_speedup"] == pytest.approx(
         results["onnx_fp32_latency_ms"] / results["onnx_latency_ms"])
     assert "quantlib.export: ONNX INT8 metrics within 0.01 of PyTorch's" in log
+    # the CPU form (export_cpu_int8): every quantized Linear one fused int8 node, evaluated
+    assert (out / "model_int8_cpu.onnx").is_file()
+    assert results["onnx_cpu_fused"] == results["onnx_cpu_quantized_matmuls"] == 12
+    assert abs(results["onnx_cpu_eval_accuracy"] - results["eval_accuracy"]) <= 0.05
+    assert results["onnx_cpu_latency_ms"] > 0 and "onnx_cpu_threads" not in results
+    assert results["onnx_cpu_isa"] and "ONNX INT8 for the CPU (dynamic activations" in log
     int8, fp32 = ops(out / "model.onnx"), ops(out / "model_fp32.onnx")
     assert "QuantizeLinear" not in fp32 and "DequantizeLinear" not in fp32
     # identical QDQ pairs (Q, K and V's inputs: one tensor, one scale) are merged by the
@@ -186,3 +192,66 @@ def test_squad_export_decodes_the_same_answers(tmp_path, tiny_model):
     assert ops(out / "model.onnx").count("DequantizeLinear") > 0
     graph = onnx.load(str(out / "model.onnx")).graph
     assert [o.name for o in graph.output] == ["start_logits", "end_logits"]
+
+
+@pytest.mark.parametrize("mode", ["ft1", "ft2"])
+def test_the_cpu_export_is_onnxruntimes_fused_int8_with_our_weights(tmp_path, mode):
+    """The CPU form: onnxruntime's dynamic-quantization graph with the job's own int8 weights.
+    In the graph the CPU provider runs, every quantized matmul is one fused int8 node
+    (DynamicQuantizeMatMul / MatMulIntegerToFloat), no Q/DQ pair or unfused MatMulInteger is
+    left, the stored weights are the fake-quant model's codes, and the logits stay near it."""
+    import torch
+    from onnx import numpy_helper
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from quantlib import export_onnx
+    from quantlib.configs import PTQConfig
+    from quantlib.qmodules import QuantLinear, quantizers
+    from quantlib.quantize_model import calibrate, enable, fuse_qkv, install_ft
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=2)).eval()
+    install_ft(model, PTQConfig(quant_mode=mode, calibrator="max"), ("*encoder.layer.*",))
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(5, 200, (8, 24), generator=g),
+                "attention_mask": torch.ones(8, 24, dtype=torch.long)} for _ in range(3)]
+    calibrate(model, batches)
+    if mode != "ft1":
+        fuse_qkv(model)
+    enable(quantizers(model).values())
+    feed = {"input_ids": batches[0]["input_ids"][:2].numpy(),
+            "attention_mask": batches[0]["attention_mask"][:2].numpy(),
+            "token_type_ids": np.zeros((2, 24), np.int64)}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    fp32, cpu = tmp_path / "fp32.onnx", tmp_path / "cpu.onnx"
+    export_onnx.export(model, fp32, names, 24, quantized=False)
+    linears = sum(1 for m in model.modules() if isinstance(m, QuantLinear))
+    assert export_onnx.export_cpu_int8(model, fp32, cpu) == linears == 12  # 6 per layer
+    fused = export_onnx.fused_nodes(cpu)
+    assert sum(fused.get(op, 0) for op in export_onnx.FUSED_INT8) == 12
+    for op in ("MatMulInteger", "QuantizeLinear", "DequantizeLinear"):
+        assert fused.get(op, 0) == 0, (op, fused)
+    # left in float: the attention matmuls (QK^T, PV: dropped, CPU_EXPORT_DROPS) and the
+    # pooler and classifier (FP32 in FT's modes); fused as onnxruntime fuses float ones
+    assert fused.get("MatMul", 0) + fused.get("FusedMatMul", 0) == 4
+    assert fused.get("Gemm", 0) + fused.get("FusedGemm", 0) == 2
+    # after onnxruntime's transformer optimizer: Q, K and V in one QAttention, still ours
+    opt = tmp_path / "cpu_optimized.onnx"
+    assert export_onnx.export_cpu_int8(model, fp32, opt, optimized=True) == 12
+    fused_opt = export_onnx.fused_nodes(opt)
+    assert fused_opt.get("QAttention", 0) == 2 and fused_opt.get("DynamicQuantizeMatMul", 0) == 6
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left
+    got_opt = export_onnx.session(opt).run(None, feed)[0]
+    # the weights are ours: the QDQ export's codes and scales (amax / 127), not recomputed
+    ours = export_onnx._int8_weights(model)
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(cpu)).graph.initializer}
+    codes = [v for k, v in stored.items() if k.endswith("_quantized") and v.ndim == 2]
+    assert len(codes) == 12
+    assert sorted(c.tobytes() for c, _ in ours.values()) == sorted(c.tobytes() for c in codes)
+    got = export_onnx.session(cpu).run(None, feed)[0]
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    for logits in (got, got_opt):
+        assert np.abs(logits - want).max() < 0.05 * max(1.0, float(np.abs(want).max()))

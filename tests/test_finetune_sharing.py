@@ -169,8 +169,8 @@ def test_shared_fine_tuning_computes_what_each_job_computes_alone(tmp_path, tiny
     for name, extra in (("alone", "finetune_sharing: false"), ("shared", "")):
         spec = write_spec(tmp_path, SPEC.format(extra=extra, model=tiny_model, data=demo_task),
                           f"{name}.yaml")
-        proc = sweep_cli("launch", str(spec), "--backend", "local", "--sweep-dir",
-                         str(tmp_path / name))
+        proc = sweep_cli("launch", str(spec), "--backend", "local", "--max-parallel", "2",
+                         "--sweep-dir", str(tmp_path / name))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[name] = _results(tmp_path / name)
     alone, shared = runs["alone"], runs["shared"]
