@@ -27,6 +27,14 @@ def held(pid: int, signum: int) -> bool:
     return fields["State"].split()[0] == "T" and not pending & (1 << (signum - 1))
 
 
+def stopped(pid: int) -> bool:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return True  # gone: nothing to wait for
+    return any(line.startswith("State:") and line.split()[1] == "T" for line in lines)
+
+
 def running_pid(sweep_dir: Path, deadline_s: float = 600) -> int:
     """The pid the sweep's job wrote into its status.json when it started running."""
     deadline = time.monotonic() + deadline_s
@@ -51,6 +59,8 @@ def held_until_warned(sweep_dir: Path, max_s: float, signum: int = signal.SIGUSR
     time.sleep(3)
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
+    while time.monotonic() - t0 < 5 and not stopped(pid):  # a busy process's threads take a
+        time.sleep(0.02)  # moment to stop: SIGSTOP is pending on it until then
     try:
         while time.monotonic() - t0 < max_s and held(pid, signum):
             time.sleep(0.2)

@@ -27,44 +27,20 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx_bench import bert_base_ptq  # benchmarks/: the same model, calibrated alike
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
-from transformers import BertConfig, BertForSequenceClassification
 
 from quantlib import export_onnx
-from quantlib.configs import PTQConfig
-from quantlib.qmodules import quantizers
-from quantlib.quantize_model import calibrate, enable, fuse_qkv, install_ft
 
 WARMUP, REPEATS = 5, 30
-
-
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def latency_ms(sess: ort.InferenceSession, feed: dict) -> float:
-    for _ in range(WARMUP):
-        sess.run(None, feed)
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -76,16 +52,7 @@ def main() -> None:
     args = p.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
-    install_ft(model, PTQConfig(quant_mode=args.mode, calibrator="max"), ("*encoder.layer.*",))
-    g = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(1000, 30000, (8, args.seq), generator=g),
-                "attention_mask": torch.ones(8, args.seq, dtype=torch.long)} for _ in range(4)]
-    calibrate(model, batches)
-    if args.mode != "ft1":
-        fuse_qkv(model)
-    enable(quantizers(model).values())
+    model, batches = bert_base_ptq(args.mode, args.seq)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     sizes = [int(b) for b in args.batches.split(",")]
     model_name = next((line.partition(":")[2].strip() for line in
@@ -117,7 +84,7 @@ def main() -> None:
                   ("quantize_dynamic (FP32 export)", qd, "fp32"),
                   ("ours, CPU, optimizer's graph", ours_opt, "fp32_opt"),
                   ("quantize_dynamic (optimizer's graph)", qd_opt, "fp32_opt")]
-        sessions = {label: session(path, args.threads) for label, path, _ in models}
+        sessions = {label: export_onnx.session(path, args.threads) for label, path, _ in models}
         fused = {label: export_onnx.fused_nodes(path) for label, path, _ in models}
         want = None
         for n in sizes:
@@ -129,7 +96,7 @@ def main() -> None:
             ms = {}
             for _round in range(2):  # interleaved twice: the second round's figures
                 for label, _, _ in models:
-                    ms[label] = latency_ms(sessions[label], feed)
+                    ms[label] = export_onnx.latency_ms(sessions[label], feed, WARMUP, REPEATS)
             print(f"\nbatch {n} x {args.seq}:\n")
             print("| model | latency (ms) | speedup over FP32 (same graph) | fused int8 nodes "
                   "| file (MB) | max abs logit diff to PyTorch fake-quant |")

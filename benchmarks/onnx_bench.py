@@ -25,6 +25,22 @@ from quantlib.qmodules import quantizers
 from quantlib.quantize_model import calibrate, enable, fuse_qkv, install_ft
 
 
+def bert_base_ptq(mode: str, seq: int) -> tuple[BertForSequenceClassification, list[dict]]:
+    """BERT-base (random init) with PTQ in FT's `mode`, max-calibrated on 4 random batches of
+    8 x `seq` tokens, its quantizers on; and those batches."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
+    install_ft(model, PTQConfig(quant_mode=mode, calibrator="max"), ("*encoder.layer.*",))
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(1000, 30000, (8, seq), generator=g),
+                "attention_mask": torch.ones(8, seq, dtype=torch.long)} for _ in range(4)]
+    calibrate(model, batches)
+    if mode != "ft1":
+        fuse_qkv(model)
+    enable(quantizers(model).values())
+    return model, batches
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mode", default="ft2", choices=("ft1", "ft2", "ft3"))
@@ -32,16 +48,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
-    install_ft(model, PTQConfig(quant_mode=args.mode, calibrator="max"), ("*encoder.layer.*",))
-    g = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(1000, 30000, (8, args.seq), generator=g),
-                "attention_mask": torch.ones(8, args.seq, dtype=torch.long)} for _ in range(4)]
-    calibrate(model, batches)
-    if args.mode != "ft1":
-        fuse_qkv(model)
-    enable(quantizers(model).values())
+    model, batches = bert_base_ptq(args.mode, args.seq)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     feed = {"input_ids": batches[0]["input_ids"][:1].numpy(),
             "attention_mask": batches[0]["attention_mask"][:1].numpy(),

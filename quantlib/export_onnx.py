@@ -317,21 +317,22 @@ def fused_nodes(path: Path) -> dict[str, int]:
         return dict(collections.Counter(n.op_type for n in graph.node))
 
 
-def session(path: Path):
+def session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sess: Any, feed: dict[str, np.ndarray]) -> float:
-    for _ in range(WARMUP):
+def latency_ms(sess: Any, feed: dict[str, np.ndarray], warmup: int = WARMUP,
+               repeats: int = REPEATS) -> float:
+    for _ in range(warmup):
         sess.run(None, feed)
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - start) * 1000)

@@ -188,7 +188,7 @@ def test_launch_without_the_scheduler_is_a_clear_error(tmp_path, tiny_model, dem
 
 LONG = """
 name: {name}
-grid: {{task: [sst2], method: [lin], nbits: [2]}}
+grid: {{task: [sst2], method: [lin], nbits: [2], seed: {seeds}}}
 base:
   model_name_or_path: {model}
   data_dir: {data}
@@ -199,59 +199,83 @@ base:
   epochs_per_stage: 4
   max_train_samples: 400
   max_eval_samples: 64
-  seed: 11
 resources: {resources}
 """
 
 
 def resume_scenario(env, tmp_path, tiny_model, demo_task, backend, resources,
-                    warned_by_s: float) -> dict:
+                    warned_by_s: float, seeds: str = "[11]", threads: int | None = None
+                    ) -> dict[str, dict]:
     """The job's training (about 12 s on an idle 2-core machine, a minute on a busy one) is
     stopped from its start until the time limit's warning is pending on it (at most
     `warned_by_s`: hold.held_until_warned), so it outlasts the warning on any machine: the job
     checkpoints, requeues itself (as often as it takes), resumes, and ends with the results of
-    an uninterrupted run."""
+    an uninterrupted run. With several jobs in a pack (resources.pack), the first to start is
+    held; a job that completed before the warning is not run again by the requeue. `threads`:
+    the intra-op threads a job got (a packed job: its share of the cores), which the
+    uninterrupted run is given too (another count sums in another order). Returns the ledger's
+    entries."""
     spec = write_spec(tmp_path, LONG.format(name="limited", model=tiny_model, data=demo_task,
-                                            resources=resources))
+                                            resources=resources, seeds=seeds))
     launched = cli(env, tmp_path, "launch", str(spec), "--backend", backend)
     assert launched.returncode == 0, launched.stderr
-    ledger_path = tmp_path / "runs/limited/ledger.json"
-    held_until_warned(ledger_path.parent, warned_by_s)
+    sweep = tmp_path / "runs/limited"
+    held_until_warned(sweep, warned_by_s)
     deadline = time.monotonic() + 600
     while True:
-        jid, entry = next(iter(Ledger(ledger_path.parent).jobs.items()))
-        out = Path(entry["output_dir"])
-        if (out / "eval_results.json").exists():
+        ledger = Ledger(sweep).jobs
+        if all((Path(e["output_dir"]) / "eval_results.json").exists() for e in ledger.values()):
             break
         if time.monotonic() > deadline:
             pytest.fail(cli(env, tmp_path, "status", "limited").stdout)
         time.sleep(2)
-    resumed = json.loads((out / "eval_results.json").read_text())
-    assert resumed.get("resumed_from_step", 0) > 0  # it was cut, and came back
-    config = sweep_configs(tmp_path / "runs/limited")[jid]
-    config["output_dir"] = str(tmp_path / "uninterrupted")
-    (tmp_path / "plain.json").write_text(json.dumps(config))
-    plain = subprocess.run([sys.executable, "-m", "jobs.runtime", str(tmp_path / "plain.json")],
-                           capture_output=True, text=True, timeout=600)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    reference = json.loads((tmp_path / "uninterrupted" / "eval_results.json").read_text())
-    for key in ("eval_accuracy", "eval_loss", "train_steps"):
-        assert resumed[key] == reference[key], key
-    return entry
+    resumed = {jid: json.loads((Path(e["output_dir"]) / "eval_results.json").read_text())
+               for jid, e in ledger.items()}
+    cut = [jid for jid, r in resumed.items() if r.get("resumed_from_step", 0) > 0]
+    assert cut, resumed  # the held one was cut, and came back
+    for jid in cut:
+        config = sweep_configs(sweep)[jid]
+        config["output_dir"] = str(tmp_path / f"uninterrupted-{jid}")
+        (tmp_path / "plain.json").write_text(json.dumps(config))
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        plain = subprocess.run([sys.executable, "-m", "jobs.runtime",
+                                str(tmp_path / "plain.json")],
+                               capture_output=True, text=True, timeout=600, env=env)
+        assert plain.returncode == 0, plain.stderr[-2000:]
+        reference = json.loads((Path(config["output_dir"]) / "eval_results.json").read_text())
+        for key in ("eval_accuracy", "eval_loss", "train_steps"):
+            assert resumed[jid][key] == reference[key], key
+    return ledger
 
 
-def test_slurm_time_limit_checkpoint_requeue_resume(slurm, tmp_path, tiny_model, demo_task):
-    """USR2 100 s before a 2-minute limit (--signal=B:USR2@100, to the job's Python, which
-    requeues the job itself). slurmctld checks time limits every 30 s, so the warning comes 20
-    to 50 s into a run and the kill at 120 s or up to 30 s later: after the hold lets the job
-    go, it has over a minute to checkpoint and requeue itself, however late either pass."""
-    entry = resume_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm",
-                            "{cpus: 1, mem: 2000, time: 2, max_requeues: 20, "
-                            "slurm: {signal_seconds: 100}}",
-                            warned_by_s=55)  # the latest warning (50 s), well before the kill
-    sacct = subprocess.run(["sacct", "-j", entry["scheduler_id"].split("_")[0], "-D", "-X",
-                            "-n", "-o", "State"], env=slurm, capture_output=True, text=True)
-    assert len(sacct.stdout.split()) >= 2, sacct.stdout  # -D: every run of the requeued job
+def test_slurm_time_limit_checkpoint_requeue_resume_in_a_pack(slurm, tmp_path, tiny_model,
+                                                               demo_task):
+    """USR2 100 s before a 2-minute limit (--signal=B:USR2@100, to the batch shell, which is
+    the pack's runner: jobs.pack passes it to its two jobs and requeues the allocation itself,
+    once). slurmctld checks time limits every 30 s, so the warning comes 20 to 50 s into a run
+    and the kill at 120 s or up to 30 s later: after the hold lets the held job go, it has over
+    a minute to checkpoint, however late either pass. The other job of the pack, not held,
+    usually completes first: then the requeued pack does not run it again."""
+    ledger = resume_scenario(slurm, tmp_path, tiny_model, demo_task, "slurm",
+                             "{cpus: 1, mem: 2000, time: 2, max_requeues: 20, pack: 2, "
+                             "slurm: {signal_seconds: 100}}",
+                             warned_by_s=55,  # the latest warning (50 s), well before the kill
+                             seeds="[11, 12]", threads=1)  # cpus: 1 each
+    (sid,) = {e["scheduler_id"] for e in ledger.values()}  # one allocation for both
+    sacct = subprocess.run(["sacct", "-j", sid.split("_")[0], "-D", "-X", "-n", "-o", "State"],
+                           env=slurm, capture_output=True, text=True)
+    assert len(sacct.stdout.split()) >= 2, sacct.stdout  # -D: every run of the requeued pack
+    logs = tmp_path / "runs/limited/logs"
+    pack_log = "".join((logs / f"{sid}{ext}").read_text() for ext in (".out", ".err")
+                       if (logs / f"{sid}{ext}").exists())
+    assert f"requeueing SLURM job {sid}" in pack_log, pack_log
+    for jid, e in ledger.items():
+        status = json.loads((Path(e["output_dir"]) / "status.json").read_text())
+        runs = Path(e["log"]).read_text().count("jobs.runtime: completed")
+        assert runs == 1, (jid, runs)  # each completed once, in its own log
+        if not status.get("requeues"):  # it completed before the warning: not rerun
+            assert (f"{jid} completed already: not run again" in pack_log
+                    or f"{jid} ended before the requeue: not run again" in pack_log), pack_log
 
 
 def test_a_second_launch_of_a_sweep_is_refused_while_one_runs(lsf_env, tmp_path, tiny_model,
