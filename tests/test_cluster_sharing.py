@@ -106,6 +106,12 @@ def scenario(env, tmp_path, tiny_model, demo_task, backend, pack=1) -> dict:
     assert "jobs.runtime: completed" in shown.stdout and f"started {jid}" in shown.stdout
     ambiguous = cli(env, tmp_path, "logs", sid, str(sweep))
     assert ambiguous.returncode == 2 and "it is a pack (resources.pack)" in ambiguous.stderr
+    again = cli(env, tmp_path, "launch", str(spec), "--backend", backend, "--no-prefetch")
+    assert again.returncode == 0 and "nothing to submit (6 completed" in again.stdout, again
+    collected = cli(env, tmp_path, "collect", str(sweep), "--to", "csv", "-o",
+                    str(tmp_path / "runs.csv"))
+    assert collected.returncode == 0, collected.stderr
+    assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 6  # a row a job
     return ledger
 
 
