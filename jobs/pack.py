@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(members[0].config.get("sweep_dir") or members[0].out_dir.parent) / "logs"
     todo = _to_run(members, logs, scheduler_id)
     n = len(pairs)
-    gpu_slots = slots(_visible_gpus(), gpus, n) if gpus else [[] for _ in range(n)]
+    visible = _visible_gpus() if gpus else []
+    gpu_slots = slots(visible, gpus, n) if gpus else [[] for _ in range(n)]
     core_slots = slots(sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                        else [], cpus, n)
     if gpus and any(len(g) < gpus for g in gpu_slots):
-        shown = ",".join(_visible_gpus()) or "none"
+        shown = ",".join(visible) or "none"
         for m in todo:
             write_status(m.out_dir, "failed", ended=now(), reason=f"its pack of {n} jobs needs "
                          f"{n} x {gpus} GPUs; the allocation shows {shown}")

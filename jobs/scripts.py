@@ -27,7 +27,6 @@ _env = environment()
 class ScriptJob:
     id: str
     label: str
-    array_index: int  # of its element: the members of a pack share it
     config: ConfigRef
 
 
@@ -243,7 +242,7 @@ def _render_chunks(kind: str, spec: Spec, jobs: list[Job], configs: dict[str, Co
             f".{k}" if len(chunks) > 1 else "")
         path = sweep_dir / "scripts" / f"{kind}_array{'_' + tag if tag else ''}_{k}.sh"
         extra = _lsf_vars(spec, sweep_dir, site, name, len(elements)) if kind == "lsf" else {}
-        rendered = [ScriptElement(i, [ScriptJob(j.id, _label(axes, j), i, configs[j.id])
+        rendered = [ScriptElement(i, [ScriptJob(j.id, _label(axes, j), configs[j.id])
                                       for j in pack])
                     for i, pack in enumerate(elements, backend.first_index)]
         members = [m for e in rendered for m in e.members]
@@ -265,13 +264,12 @@ def render_single(kind: str, spec: Spec, job: Job, config: ConfigRef, sweep_dir:
     path = sweep_dir / "scripts" / f"{kind}_{job.id}.sh"
     name = f"{spec.name}.{job.stage}" if job.stage else spec.name
     extra = _lsf_vars(spec, sweep_dir, site, name, None) if kind == "lsf" else {}
+    one = ScriptJob(job.id, label(spec, job), config)
     text = _env.get_template(f"{kind}_array.sh.j2").render(
         **{**_common(spec, sweep_dir), **extra}, script_path=str(path), array_name=name,
         index_var=None,
         parallelism=None, first=job.index, last=job.index,
-        jobs=[ScriptJob(job.id, label(spec, job), 1, config)],
-        elements=[ScriptElement(1, [ScriptJob(job.id, label(spec, job), 1, config)])],
-        pack=0, alloc=spec.resources)
+        jobs=[one], elements=[ScriptElement(1, [one])], pack=0, alloc=spec.resources)
     write_text(path, text, mode=0o755, durable=False)
     return path
 

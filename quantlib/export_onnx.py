@@ -278,10 +278,15 @@ def export_cpu_int8(model: nn.Module, fp32_path: Path, path: Path, optimized: bo
     tmp = path.with_name(f".{path.name}.tmp")
     import logging
 
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice
-    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice, for this call only
+    try:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
     if source != fp32_path:
         source.unlink()
     q = onnx.load(str(tmp))
