@@ -42,9 +42,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("squad", "f1", "SQuAD(F1)"),
 ]
 # configuration that never splits a block: the sheet's own axes, seeds (averaged), bookkeeping
-NOT_BLOCK_KEYS = {"task", "nbits", "seed", "method", "data_dir", "dataset_name",
-                  "max_train_samples", "max_eval_samples", "logging_steps", "save_model",
-                  "stage", "after", "report_to", "export"}
+NOT_BLOCK_KEYS = {"task", "nbits", "seed", "method", "max_train_samples", "max_eval_samples",
+                  "logging_steps", "save_model", "stage", "after", "report_to", "export"}
+# the data a run is measured on: a block of one data set compares with the FP32 block of the
+# same (a data directory per task does not split blocks: it is part of the row)
+DATA_KEYS = ("data_dir", "dataset_name")
 STAGE_INPUTS = ("model_name_or_path", "teacher_name_or_path")  # filled by a previous stage
 # what a job records of its compressed model (quantlib.model_size, quantlib.export_onnx), with
 # the column titles the tables give them
@@ -86,6 +88,7 @@ class Block:
     title: str
     bits: list[int]
     method: str = ""
+    data: tuple = ()  # the DATA_KEYS that split this method's blocks, (key, value) pairs
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
     # per EXTRAS key, task and bit width: what the runs recorded of their compressed model
     extras: dict[str, dict[tuple[str, int], list[float]]] = field(default_factory=dict)
@@ -156,7 +159,8 @@ def build_blocks(runs: list[Run]) -> list[Block]:
             if extra:
                 title += " (" + ", ".join(f"{k}={v}" for k, v in extra) + ")"
             blocks[key] = Block(title, BITS if run.nbits is not None else FP_BITS,
-                                run.method)
+                                run.method, tuple((k, _hashable(v)) for k, v in extra
+                                                  if k in DATA_KEYS))
         block = blocks[key]
         bits = run.nbits if run.nbits is not None else 32
         reason = collapse_reason(run.task, run.metrics)

@@ -214,12 +214,13 @@ class _Reader:
         metrics, info = split_eval(results or {}, notes)
         for note in notes:
             self.warn(out_dir / EVAL_JSON, note)
+        own = config
         config = {k: v for k, v in config.items() if k not in RUN_KEYS
                   and not (k in STAGE_KEYS and (v is None or not config.get("stage")))}
         # no stage: no bookkeeping (a job after a shared fine-tuning has `after`, no stage)
         return Run(out_dir, config, state,
-                   metrics, info, reason, sweep=str(config.get("sweep", "")),
-                   job_id=str(config.get("job_id") or ""))
+                   metrics, info, reason, sweep=str(own.get("sweep") or ""),
+                   job_id=str(own.get("job_id") or ""))
 
     def foreign(self, here: Path, names: list[str]) -> Run | None:
         """A directory another tool wrote results into, or None when it holds none."""

@@ -143,30 +143,36 @@ def summarize(blocks: list[Block]) -> list[TaskSummary]:
                   and any((label, b) in blk.cells for blk in blocks for b in blk.bits)]
         if not labels:
             continue
-        baseline = next((blk for blk in blocks if blk.method == "fp32"
-                         and any((label, 32) in blk.cells for label in labels)), None)
+        fp32 = [blk for blk in blocks if blk.method == "fp32"
+                and any((label, 32) in blk.cells for label in labels)]
+        baseline = fp32[0] if fp32 else None
+        by_data = {blk.data: blk for blk in reversed(fp32)}  # the first of equal data wins
         rows: list[Row] = []
         # the FP32 baseline first, then the methods in the measurements sheet's order
         for blk in sorted(blocks, key=lambda b: b.method != "fp32"):
+            own = by_data.get(blk.data, baseline)  # FP32 on the same data set
             for bits in sorted(blk.bits, reverse=True):
                 stats: dict[str, Stat] = {}
                 for label in labels:
                     cell = blk.cells.get((label, bits))
                     if cell is None:
                         continue
-                    base = baseline.cells.get((label, 32)) if baseline else None
+                    base = own.cells.get((label, 32)) if own else None
                     delta = (cell.mean - base.mean if base and _finite(base.mean)
                              and _finite(cell.mean) else None)
                     test = (against_baseline(cell.values, base.values)
-                            if base is not None and blk is not baseline else None)
+                            if base is not None and blk is not own else None)
                     stats[label] = Stat(cell, delta, test)
                 if stats:
                     extras = {k: sum(v) / len(v) for k, by in blk.extras.items()
                               if (v := by.get((task, bits)))}
                     rows.append(Row(blk.title, blk.method, bits, stats, extras))
         entry = TASKS.get(task)
-        summary = TaskSummary(task, entry.display if entry else task, labels, rows,
-                              baseline.title if baseline else None)
+        named = (baseline.title if len(by_data) < 2 else
+                 "FP32 on the same data (" + "; ".join(b.title for b in fp32
+                                                      if by_data.get(b.data) is b) + ")"
+                 ) if baseline else None
+        summary = TaskSummary(task, entry.display if entry else task, labels, rows, named)
         _chart(summary, blocks, entry.metrics if entry else ())
         _points(summary)
         out.append(summary)

@@ -1,6 +1,7 @@
 """Write the workbook: the seed-layout measurements sheet, a sheet per task (method × nbits with
 mean ± std, run count and delta to FP32, and a line chart of the metric vs nbits), the tidy
-runs sheet (a row per job; settings the same in every job go to the settings sheet). Metric
+runs sheet (a row per job; settings the same in every job go to the settings sheet), and for a
+sensitivity study (analysis.sensitivity) a `sensitivity` sheet. Metric
 cells carry a colour scale; a cell with a run equal to a single-class baseline is marked (red
 bold italic, a comment naming the run; the runs sheet also fills its row) in every sheet."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
-from openpyxl.chart import LineChart, Reference, ScatterChart, Series
+from openpyxl.chart import BarChart, LineChart, Reference, ScatterChart, Series
 from openpyxl.comments import Comment
 from openpyxl.formatting.rule import ColorScaleRule
 from openpyxl.styles import Font, PatternFill
@@ -19,6 +20,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from analysis.blocks import EXTRAS, ROWS, Block, sheet_rows
 from analysis.safe_text import harden_workbook
+from analysis.sensitivity import Study
 from analysis.summary import DROP_MARK, EXTRA_FORMATS, TaskSummary, drop_note, test_text
 from analysis.tables import LEAD, TAIL
 from quantlib.atomic import replace_with
@@ -282,14 +284,60 @@ def _runs(ws: Worksheet, header: list[str], rows: list[list[Any]]) -> None:
         ws.column_dimensions[get_column_letter(c)].width = min(max(width + 2, 8), 48)
 
 
+def _sensitivity(ws: Worksheet, study: Study) -> None:
+    """Group x bits: the metric's change against FP32 (a colour scale: red below, white at 0,
+    green above) and the megabytes each saves, then a clustered bar chart of the changes."""
+    bits = study.bits
+    head = (["module group"] + [f"Δ {study.metric} at {b} bits" for b in bits]
+            + [f"MB saved at {b} bits" for b in bits] + ["runs"])
+    for j, text in enumerate(head, start=1):
+        ws.cell(row=1, column=j, value=text).font = BOLD
+    for i, g in enumerate(study.groups, start=2):
+        ws.cell(row=i, column=1, value=study.label(g))
+        runs = 0
+        for j, b in enumerate(bits):
+            m = study.cells.get((g, b))
+            if m is None:
+                continue
+            runs += len(m.deltas)
+            ws.cell(row=i, column=2 + j, value=m.delta).number_format = "+0.0000;-0.0000;0"
+            if m.saved_mb:
+                ws.cell(row=i, column=2 + len(bits) + j, value=m.saved).number_format = "0.0000"
+        ws.cell(row=i, column=2 + 2 * len(bits), value=runs)
+    last = len(study.groups) + 1
+    ws.conditional_formatting.add(
+        f"B2:{get_column_letter(1 + len(bits))}{last}", ColorScaleRule(**DELTA_SCALE))
+    ws.freeze_panes = "B2"
+    note = (f"{study.task}, {study.method}: each group quantized alone, the rest FP32; Δ = mean "
+            f"over seeds of {study.metric} - the FP32 mean ({study.fp32_mean:.4f}, "
+            f"{study.fp32_runs} runs; FP32 size {study.fp32_size_mb:.4f} MB). "
+            "sweep plan-bits allocates bits per group under a size budget from these.")
+    ws.cell(row=last + 2, column=1, value=note)
+    chart = BarChart()
+    chart.type, chart.grouping = "col", "clustered"
+    chart.title = f"{study.task}: Δ {study.metric} per module group and bit width"
+    chart.x_axis.title, chart.y_axis.title = "module group", f"Δ {study.metric}"
+    chart.x_axis.delete = chart.y_axis.delete = False
+    chart.width, chart.height = 18, 10
+    chart.add_data(Reference(ws, min_col=2, max_col=1 + len(bits), min_row=1, max_row=last),
+                   titles_from_data=True)
+    chart.set_categories(Reference(ws, min_col=1, min_row=2, max_row=last))
+    ws.add_chart(chart, f"A{last + 4}")
+    ws.column_dimensions["A"].width = min(max(len(study.label(g)) for g in study.groups) + 2, 60)
+    for j in range(2, 3 + 2 * len(bits)):
+        ws.column_dimensions[get_column_letter(j)].width = 16
+
+
 def build_workbook(blocks: list[Block], summaries: list[TaskSummary], header: list[str],
-                   rows: list[list[Any]]) -> Workbook:
+                   rows: list[list[Any]], study: Study | None = None) -> Workbook:
     wb = Workbook()
     ws = wb.active
     ws.title = "measurements"
     _measurements(ws, blocks)
     for summary in summaries:
         _task_sheet(wb.create_sheet(summary.display), summary)
+    if study is not None:
+        _sensitivity(wb.create_sheet("sensitivity"), study)
     header, rows, settings = split_constant(header, rows)
     _runs(wb.create_sheet("runs"), header, rows)
     if settings:
@@ -299,5 +347,5 @@ def build_workbook(blocks: list[Block], summaries: list[TaskSummary], header: li
 
 
 def write_xlsx(path: Path, blocks: list[Block], summaries: list[TaskSummary],
-               header: list[str], rows: list[list[Any]]) -> None:
-    replace_with(path, build_workbook(blocks, summaries, header, rows).save)
+               header: list[str], rows: list[list[Any]], study: Study | None = None) -> None:
+    replace_with(path, build_workbook(blocks, summaries, header, rows, study).save)

@@ -48,9 +48,10 @@ def writer(name: str, help_text: str) -> Callable[[Writer], Writer]:
 
 @writer("xlsx", "the seed study's workbook with a sheet per task")
 def _xlsx(out: Path, c: Collected) -> None:
+    from analysis.sensitivity import find_study
     from analysis.workbook import write_xlsx
 
-    write_xlsx(out, c.blocks, c.summary, c.header, c.rows)
+    write_xlsx(out, c.blocks, c.summary, c.header, c.rows, find_study(c.collection.runs))
 
 
 @writer("csv", "every run, one row each")

@@ -58,8 +58,9 @@ def main() -> None:
         export_onnx.export(model, fp32, names, args.seq, quantized=False)
         params = dict(model.named_parameters())
         weights = {n: params[n].detach().numpy() for n in grids}
-        rewritten, _ = export_nbits.to_matmul_nbits(fp32, q4, grids, weights, args.group)
-        export_nbits.to_matmul_nbits(fp32, q4i, grids, weights, args.group, accuracy_level=4)
+        kernels = export_nbits.kernel_bits()
+        rewritten, _ = export_nbits.to_matmul_nbits(fp32, q4, grids, weights, kernels)
+        export_nbits.to_matmul_nbits(fp32, q4i, grids, weights, kernels, accuracy_level=4)
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
         rows = []
         for label, path in (("GPTQ 4-bit (MatMulNBits)", q4),

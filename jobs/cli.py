@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="how directories without a config.json name their runs, e.g. "
                     "'{task}_{method}quant{nbits}bit' (the default; repeatable, first match "
                     "wins; '/' spans directories, other fields such as {seed} become columns)")
+
+    pb = sub.add_parser("plan-bits", help="bits per module group under a size budget, from a "
+                        "sensitivity study; writes the chosen model's spec")
+    pb.add_argument("paths", nargs="+", help="the sensitivity sweep's directory (or results)")
+    pb.add_argument("--budget-mb", type=float, required=True,
+                    help="the largest model size allowed, in MB (10^6 bytes)")
+    pb.add_argument("-o", "--output", default=None,
+                    help="the spec to write (default: planned.yaml; never overwritten)")
+    pb.add_argument("--metric", default=None,
+                    help="the metric to keep (default: the task's first, SQuAD's f1)")
     return p
 
 
@@ -133,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "cancel":
                 return running.cancel(args.sweeps, args.where)
             return running.logs(args.job, args.sweeps)
+        if args.command == "plan-bits":
+            from analysis.bitplan import plan_bits
+
+            return plan_bits(args.paths, args.budget_mb, args.output, args.metric)
         from analysis.collect import collect
         from jobs.running import sweep_states
 

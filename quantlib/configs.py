@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantlib import bitwidths
 from quantlib.tasks import TASKS
 
 
@@ -37,6 +38,13 @@ def param(default: Any = None, kind: str = "str", help: str = "", *, choices: tu
         value = tuple(default)
         return field(default_factory=lambda: value, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def per_module_bits(lo: int, hi: int) -> Any:
+    """The `nbits_per_module` field of a method with a bit width (quantlib.bitwidths)."""
+    return param(None, "optional_bits_map", "bit widths per module pattern, e.g. "
+                 "{'*layer.11.*': 2}: the most specific matching pattern wins, the rest nbits "
+                 "(quantlib/bitwidths.py)", lo=lo, hi=hi)
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,10 @@ class TrainArgs:
                            "tensorboard (the job's tensorboard/), wandb (offline without "
                            "network), mlflow (the job's mlruns/), none",
                            choices=("none", "tensorboard", "wandb", "mlflow"))
-    export: str = param("none", "str", "onnx: write the 8-bit model as ONNX (QDQ; gptq: 4-bit "
-                        "MatMulNBits), evaluate it with onnxruntime and time it against the "
-                        "FP32 export",
+    export: str = param("none", "str", "onnx: write the 8-bit model as ONNX (int8 QDQ); INQ "
+                        "and gptq: their packed codes (model_packed.safetensors) and, where "
+                        "onnxruntime has a kernel, MatMulNBits; evaluate it with onnxruntime "
+                        "and time it against the FP32 export",
                         choices=("none", "onnx"))
 
 
@@ -133,6 +142,7 @@ class INQConfig(MethodConfig):
     """Incremental Network Quantization (Zhou et al. 2017); subclasses fix the level set."""
 
     nbits: int = param(None, "int", "bits per weight", lo=1, hi=8, required=True)
+    nbits_per_module: dict[str, int] | None = per_module_bits(1, 8)
     inq_steps: tuple[float, ...] = param((0.5, 0.75, 0.875, 1.0), "fractions",
                                          "accumulated frozen fractions, ending at 1.0")
     inq_strategy: str = param("magnitude", "str", "which weights freeze first",
@@ -176,6 +186,7 @@ class Q8BertConfig(MethodConfig):
     pooler and the task head."""
 
     nbits: int = param(8, "int", "bits per weight and activation", lo=2, hi=8)
+    nbits_per_module: dict[str, int] | None = per_module_bits(2, 8)
     qat_epochs: float = param(3.0, "float", "epochs of quantization-aware training", lo=0.01)
     ema_decay: float = param(0.9999, "float", "EMA decay of the activation thresholds",
                              lo=0.0, hi=1.0)
@@ -198,6 +209,7 @@ class PTQConfig(MethodConfig):
     (NVIDIA pytorch-quantization)."""
 
     nbits: int = param(8, "int", "bits per tensor (the FT modes are 8-bit)", lo=2, hi=8)
+    nbits_per_module: dict[str, int] | None = per_module_bits(2, 8)
     quant_mode: str = param("ft2", "str", "which tensors are quantized (FasterTransformer's "
                             "quant_utils.set_args; quantlib/quantize_model.py)",
                             choices=("ft1", "ft2", "ft3"))
@@ -221,6 +233,7 @@ class GPTQConfig(MethodConfig):
     Hessian of the layer's inputs (quantlib/gptq.py; the authors' gptq.py fasterquant)."""
 
     nbits: int = param(4, "int", "bits per weight", lo=2, hi=8)
+    nbits_per_module: dict[str, int] | None = per_module_bits(2, 8)
     group_size: int = param(0, "int", "columns sharing a scale and zero point (the reference's "
                             "groupsize); 0: one per output channel", lo=0)
     act_order: bool = param(False, "bool", "quantize columns in decreasing order of the "
@@ -272,6 +285,7 @@ class DistillQuantConfig(MethodConfig):
     probabilities plus the logits term."""
 
     nbits: int = param(8, "int", "bits per weight", lo=2, hi=8)
+    nbits_per_module: dict[str, int] | None = per_module_bits(2, 8)
     act_nbits: int = param(8, "int", "bits per activation (Linear inputs)", lo=2, hi=8)
     qat_epochs: float = param(3.0, "float", "epochs of distillation-aware QAT", lo=0.01)
     weight_granularity: str = param("tensor", "str", "weight amax per tensor, output channel "
@@ -344,6 +358,7 @@ class PruneOFAConfig(MethodConfig):
     keep_best: bool = param(True, "bool", "evaluate after every epoch and keep the best one")
     qat: bool = param(False, "bool", "stage 2: quantization-aware training as well")
     nbits: int = param(8, "int", "QAT: bits per weight and activation", lo=2, hi=8)
+    nbits_per_module: dict[str, int] | None = per_module_bits(2, 8)
     ema_decay: float = param(0.9999, "float", "QAT: EMA decay of activation thresholds",
                              lo=0.0, hi=1.0)
     ste: str = param("plain", "str", "QAT: straight-through gradient", choices=("plain", "clip"))
@@ -505,6 +520,12 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"{value!r} is not a list of strings")
         value = tuple(value)
+    elif kind == "bits_map":
+        try:
+            value = bitwidths.check(value, meta["lo"], meta["hi"])
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+        return value
     elif kind == "fractions":
         if not isinstance(value, (list, tuple)) or not value or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -581,27 +602,31 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
 
 ONNX_METHODS = ("q8bert", "ptq", "qat", "qat-kd")
 ONNX_WITH_QAT = ("sparse24", "magnitude", "pruneofa")
+LOW_BIT_EXPORT = (INQConfig, GPTQConfig)  # weights on an integer grid: packed, MatMulNBits
 
 
 def _check_export(method: str, out: dict[str, Any]) -> None:
-    fields = method_fields(method)
-    if method == "gptq":  # onnxruntime's MatMulNBits: 4 bits, blocks of 2^k >= 16 columns
-        group = out.get("group_size", fields["group_size"].default)
-        nbits = out.get("nbits", fields["nbits"].default)
-        if nbits != 4 or group < 16 or group & (group - 1) or out.get("act_order"):
-            raise ConfigError("export", f"onnx: gptq exports as onnxruntime's MatMulNBits: "
-                              f"nbits 4, group_size a power of two >= 16, act_order false "
-                              f"(here nbits {nbits}, group_size {group}, act_order "
-                              f"{bool(out.get('act_order'))})")
+    if issubclass(METHODS[method].config, LOW_BIT_EXPORT):  # quantlib.export_nbits
         return
+    fields = method_fields(method)
     nbits = out.get("nbits", fields["nbits"].default if "nbits" in fields else None)
     qat = out.get("qat", fields["qat"].default if "qat" in fields else False)
     if not (method in ONNX_METHODS or (method in ONNX_WITH_QAT and qat)):
         raise ConfigError("export", f"onnx: method {method!r} has no 8-bit QDQ form; allowed: "
                           f"{', '.join(ONNX_METHODS)}, {', '.join(ONNX_WITH_QAT)} with "
-                          "qat: true, and gptq (4-bit MatMulNBits)")
+                          "qat: true, and the low-bit methods (packed codes, MatMulNBits): "
+                          f"{', '.join(low_bit_methods())}")
     if nbits != 8:
         raise ConfigError("export", f"onnx: the export is 8-bit (int8 QDQ); nbits is {nbits}")
+    mixed = {p: b for p, b in (out.get("nbits_per_module") or {}).items() if b != 8}
+    if mixed:
+        raise ConfigError("export", f"onnx: the export is 8-bit (int8 QDQ); nbits_per_module "
+                          f"gives {', '.join(f'{p}: {b}' for p, b in mixed.items())}")
+
+
+def low_bit_methods() -> list[str]:
+    """Methods whose export is their packed integer codes (quantlib.export_nbits)."""
+    return [m for m, e in METHODS.items() if issubclass(e.config, LOW_BIT_EXPORT)]
 
 
 def finetune_shareable(resolved: dict[str, Any]) -> bool:

@@ -5,6 +5,8 @@
   each negated by a preceding "not" half the time, in filler; the label says whether the
   effective positives outnumber the negatives. Learnable, but only through word order (the
   encoder has to pair "not" with the next word), so heavy quantization of the encoder hurts.
+- DIR/data/SST-2-hard: the harder variant (HARD): up to 3 words per polarity, and half the
+  negations put an intensifier between "not" and its word ("not very good").
 - DIR/model: a randomly initialised 2-layer BERT (hidden 64) and a WordPiece tokenizer, saved
   with save_pretrained, so jobs load it through the same from_pretrained path as
   bert-base-uncased. It is not fine-tuned: jobs fine-tune it in FP32 first.
@@ -29,16 +31,24 @@ FILLER = ["the", "a", "film", "movie", "story", "plot", "actor", "scene", "music
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def sentence(rng: random.Random, most: int = 2) -> tuple[str, int]:
+INTENSIFIERS = ["very", "quite", "rather"]
+HARD = {"most": 3, "gap": 0.5}  # the harder variant (data/SST-2-hard)
+
+
+def sentence(rng: random.Random, most: int = 2, gap: float = 0.0) -> tuple[str, int]:
     """0..most sentiment words per polarity, each negated by a preceding "not" half the time;
-    the label says whether the effective positives outnumber the negatives (never a tie)."""
+    the label says whether the effective positives outnumber the negatives (never a tie).
+    gap: the chance that an intensifier stands between a "not" and its word ("not very good"),
+    so the encoder has to pair words two apart (0 draws nothing: the demo's sentences)."""
     while True:
         polarities = [1] * rng.randint(0, most) + [-1] * rng.randint(0, most)
         negated = [rng.random() < 0.5 for _ in polarities]
         score = sum(-p if n else p for p, n in zip(polarities, negated))
         if score != 0:
             break
-    phrases = [(["not"] if n else []) + [rng.choice(POSITIVE if p > 0 else NEGATIVE)]
+    phrases = [(["not"] if n else [])
+               + ([rng.choice(INTENSIFIERS)] if n and gap and rng.random() < gap else [])
+               + [rng.choice(POSITIVE if p > 0 else NEGATIVE)]
                for p, n in zip(polarities, negated)]
     phrases += [[rng.choice(FILLER)] for _ in range(rng.randint(2, 6))]
     rng.shuffle(phrases)
@@ -46,13 +56,15 @@ def sentence(rng: random.Random, most: int = 2) -> tuple[str, int]:
 
 
 def write_glue_tsv(task_dir: str | Path, n_train: int = 3000, n_dev: int = 500,
-                   seed: int = 0) -> Path:
-    """The demo task in the SST-2 layout (header `sentence<TAB>label`)."""
+                   seed: int = 0, most: int = 2, gap: float = 0.0) -> Path:
+    """The demo task in the SST-2 layout (header `sentence<TAB>label`); `most`, `gap`: as
+    `sentence`'s (HARD: the harder variant)."""
     task_dir = Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
-        rows = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in (sentence(rng) for _ in range(n))]
+        pairs = (sentence(rng, most, gap) for _ in range(n))
+        rows = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in pairs]
         (task_dir / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
     return task_dir
 
@@ -189,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path(argv[0])
     write_glue_tsv(root / "data" / "SST-2")
+    write_glue_tsv(root / "data" / "SST-2-hard", seed=1, **HARD)
     write_model(root / "model")
-    print(f"demo assets in {root}: data/SST-2 (train 3000, dev 500) and model/ (tiny BERT)")
+    print(f"demo assets in {root}: data/SST-2 and data/SST-2-hard (train 3000, dev 500 each) "
+          "and model/ (tiny BERT)")
     return 0
 
 

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantlib import bitwidths
 from quantlib.model_size import Code
+from quantlib.packed import Packed, from_gptq
 from quantlib.stages import select_linears
 
 
@@ -71,13 +73,14 @@ class Result:
     groups per row, the proxy loss sum((w - q)^2 / [H^-1]_jj^2) / 2 of fasterquant, and the
     grid itself: each weight's integer code (0..2^b-1, in the weight's own column order) and
     each group's scale and zero point per row ((rows, groups), the groups in the order the
-    columns were quantized: with act_order, of the permuted columns)."""
+    columns were quantized: with act_order, of the permuted columns, `perm` that order)."""
 
     weight: torch.Tensor
     loss: float
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
+    perm: torch.Tensor | None = None
 
     @property
     def groups(self) -> int:
@@ -142,7 +145,7 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, nbits: int, *, grou
         q_all, ints = q_all[:, inverse], ints[:, inverse]
     return Result(q_all.to(weight.dtype), float(losses.sum()),
                   ints.to(torch.uint8), torch.cat([s for s, _ in grids], 1),
-                  torch.cat([z for _, z in grids], 1))
+                  torch.cat([z for _, z in grids], 1), perm)
 
 
 def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -245,14 +248,20 @@ def _hessians(model: nn.Module, group: dict[str, nn.Linear], inputs: list[dict],
 @torch.no_grad()
 def quantize_layers(model: nn.Module, batches: list[dict], patterns: Iterable[str], nbits: int,
                     *, group_size: int = 0, act_order: bool = False, damp: float = 0.01,
-                    block_size: int = 128, sym: bool = False
-                    ) -> tuple[dict[str, Code], dict[str, float], dict[str, Result]]:
+                    block_size: int = 128, sym: bool = False,
+                    nbits_per_module: dict[str, int] | None = None
+                    ) -> tuple[dict[str, Code], dict[str, float], dict[str, Packed]]:
     """GPTQ of every nn.Linear `patterns` select, layer after layer, from the calibration
     `batches` (model inputs; labels are ignored). Returns the weights' storage (for
     model_size), what to record (layers, the summed output errors of GPTQ and of
-    round-to-nearest on the same grids and their ratio) and each weight's grid (for a packed
-    export: quantlib.export_nbits)."""
+    round-to-nearest on the same grids and their ratio) and each weight's grid (its codes,
+    scales and zero points: quantlib.packed, for the export)."""
     linears = select_linears(model, patterns, required=True)
+    missing = bitwidths.unmatched(linears, nbits_per_module)
+    if missing:
+        raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
+                         f"{len(linears)} quantized Linears (e.g. {next(iter(linears))})")
+    bits = bitwidths.assign(linears, nbits, nbits_per_module)  # each layer's (mixed precision)
     device = next(model.parameters()).device
     inputs = [{k: v.to(device) for k, v in b.items()
                if k not in ("labels", "start_positions", "end_positions")} for b in batches]
@@ -261,24 +270,25 @@ def quantize_layers(model: nn.Module, batches: list[dict], patterns: Iterable[st
     was_training = model.training
     model.eval()
     codes: dict[str, Code] = {}
-    grids: dict[str, Result] = {}
+    grids: dict[str, Packed] = {}
     gptq_err = rtn_err = 0.0
     try:
         for group in layer_groups(linears):
             hessians = _hessians(model, {n: linears[n] for n in group}, inputs, device)
             for name in group:
                 layer, h = linears[name], hessians[name]
-                done = gptq_weight(layer.weight, h, nbits, group_size=group_size,
+                b = bits[name]
+                done = gptq_weight(layer.weight, h, b, group_size=group_size,
                                    act_order=act_order, damp=damp, block_size=block_size,
                                    sym=sym)
                 gptq_err += output_error(layer.weight, done.weight, h)
-                rtn_err += output_error(layer.weight, rtn_weight(layer.weight, nbits,
-                                                                 group_size, sym), h)
+                rtn_err += output_error(layer.weight, rtn_weight(layer.weight, b, group_size,
+                                                                 sym), h)
                 layer.weight.copy_(done.weight)
-                grids[f"{name}.weight"] = done
+                grids[f"{name}.weight"] = from_gptq(done, b, group_size, done.perm)
                 # a scale (FP32) per group and row; an asymmetric grid adds its zero point
-                per_group = 4 + (0 if sym else math.ceil(nbits / 8))
-                codes[f"{name}.weight"] = Code(nbits, done.groups * layer.out_features * per_group)
+                per_group = 4 + (0 if sym else math.ceil(b / 8))
+                codes[f"{name}.weight"] = Code(b, done.groups * layer.out_features * per_group)
     finally:
         model.train(was_training)
     return codes, {"gptq_layers": float(len(linears)), "gptq_output_error": gptq_err,

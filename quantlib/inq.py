@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantlib import bitwidths
 from quantlib.configs import INQConfig, LinearINQConfig, MultiBitINQConfig, Pow2INQConfig
 from quantlib.model_size import Code
+from quantlib.packed import Packed, from_inq
 from quantlib.quantizers import Quantizer, make_quantizer, max_levels
 from quantlib.stages import NO_LINEAR, StageCallback, TrainingStage, stage_starts
 
@@ -43,6 +45,13 @@ class INQController(StageCallback):
         self.cfg = cfg
         self.mode, self.qkw = quantizer_for(cfg)
         self.weights = weights
+        modules = {bitwidths.module_of(n): n for n in weights}
+        missing = bitwidths.unmatched(modules, cfg.nbits_per_module)
+        if missing:
+            raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
+                             f"{len(modules)} quantized modules (e.g. {next(iter(modules))})")
+        self.bits = {modules[m]: b for m, b in
+                     bitwidths.assign(modules, cfg.nbits, cfg.nbits_per_module).items()}
         self.stages = stages
         self.starts: list[int] = []
         self.applied = 0  # stages whose partition has been frozen
@@ -59,7 +68,7 @@ class INQController(StageCallback):
         for name, p in self.weights.items():
             mask = self.masks[name]
             if name not in self.quantizers:
-                self.quantizers[name] = make_quantizer(self.mode, self.cfg.nbits,
+                self.quantizers[name] = make_quantizer(self.mode, self.bits[name],
                                                        **self.qkw).fit(p.detach().float())
             n_target = p.numel() if fraction >= 1.0 else round(fraction * p.numel())
             n_new = n_target - int(mask.sum())
@@ -102,24 +111,30 @@ class INQController(StageCallback):
     def summary(self) -> dict[str, float]:
         """Check that the model is fully quantized; return figures for the results."""
         per_row = self.mode == "mb" or self.qkw.get("per_row", False)
-        distinct = 0
-        for p in self.weights.values():
+        distinct = over = 0
+        for name, p in self.weights.items():
             rows = p.detach().reshape(p.shape[0], -1)
             if per_row:  # a level set per row: count within a few rows
                 per = max(int(torch.unique(rows[i]).numel()) for i in range(min(len(rows), 8)))
             else:
                 per = int(torch.unique(rows).numel())
             distinct = max(distinct, per)
-        limit = max_levels(self.mode, self.cfg.nbits)
+            over += per > max_levels(self.mode, self.bits[name])
+        limit = max(max_levels(self.mode, b) for b in self.bits.values())
         zeros = sum(int((p.detach() == 0).sum()) for p in self.weights.values())
         total = sum(p.numel() for p in self.weights.values())
         return {"quantized_fraction": self.frozen_fraction(),
                 "quantized_params": float(total), "zero_fraction": zeros / total,
-                "max_distinct_values": float(distinct), "level_limit": float(limit)}
+                "max_distinct_values": float(distinct), "level_limit": float(limit),
+                "weights_over_level_limit": float(over)}
 
     def codes(self) -> dict[str, Code]:
         """How each weight is stored: nbits per value and its quantizer's scales."""
-        return {n: Code(self.cfg.nbits, q.scale_bytes()) for n, q in self.quantizers.items()}
+        return {n: Code(self.bits[n], q.scale_bytes()) for n, q in self.quantizers.items()}
+
+    def packed(self) -> dict[str, Packed]:
+        """Each fully quantized weight's integer codes and level set (quantlib.packed)."""
+        return {n: from_inq(q, self.weights[n]) for n, q in self.quantizers.items()}
 
     def remove_hooks(self) -> None:
         for h in self._hooks:

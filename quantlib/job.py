@@ -29,7 +29,7 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
         ctx.finetune_from, ctx.finetune_job = config["finetune_from"], config.get("after")
     trainer = recipe_for(method)(ctx, method)
     results = evaluate(trainer, ctx)
-    if args.export == "onnx":  # GPTQ's grids: 4-bit MatMulNBits; else the INT8 QDQ graph
+    if args.export == "onnx":  # low-bit grids (INQ, GPTQ): packed + MatMulNBits; else INT8 QDQ
         from quantlib import export_nbits, export_onnx
 
         ctx.info.update((export_nbits if ctx.grids else export_onnx).run(ctx, results))
@@ -37,6 +37,8 @@ def run_job(config: dict, out_dir: Path) -> tuple[dict[str, float], dict]:
     if weights:  # zeros among the selected weights, whatever the method
         ctx.info["sparsity"] = sparsity_of(weights)
     ctx.info.update(model_size.measure(ctx.model, ctx.codes, ctx.sparse))
+    if "packed_size_mb" in ctx.info:  # the size is the packed file's, the formula's beside it
+        ctx.info.update(model_size.from_file(ctx.info, ctx.info["packed_size_mb"]))
     if args.save_model:
         trainer.save_model(str(out_dir / "model"))
         ctx.tokenizer.save_pretrained(str(out_dir / "model"))

@@ -13,7 +13,8 @@ Per parameter (`model.named_parameters()`, a shared one counted once):
   columns, else 32-bit, + an int32 row pointer per row + 1).
 - every activation quantizer that is on: a float32 amax per scale it keeps (none for one that
   is dynamic: its scale is computed at run time).
-Buffers (position ids, EMA step counts) are in neither size. MB = 10^6 bytes.
+Buffers (position ids, EMA step counts) are in neither size. MB = 10^6 bytes. Each weight's own
+bits count (mixed precision); `weight_bits_mean` is their mean over the quantized weights.
 """
 
 from __future__ import annotations
@@ -111,9 +112,23 @@ def measure(model: nn.Module, codes: dict[str, Code] | None = None,
     codes = {**fake_quant_codes(model), **(codes or {})}
     sparse = sparse or {}
     size = fp32 = 0
+    bits = values = 0
     for name, p in model.named_parameters():
         fp32 += FP32_BYTES * p.numel()
-        size += param_bytes(p, codes.get(name), sparse.get(name))
+        code = codes.get(name)
+        size += param_bytes(p, code, sparse.get(name))
+        if code is not None:
+            bits, values = bits + code.bits * p.numel(), values + p.numel()
     size += activation_scale_bytes(model)
-    return {"model_size_mb": size / MB, "fp32_size_mb": fp32 / MB,
-            "compression_ratio": fp32 / size if size else 0.0}
+    out = {"model_size_mb": size / MB, "fp32_size_mb": fp32 / MB,
+           "compression_ratio": fp32 / size if size else 0.0}
+    if values:  # bits per quantized weight (mixed precision: quantlib.bitwidths)
+        out["weight_bits_mean"] = bits / values
+    return out
+
+
+def from_file(measured: dict[str, float], file_mb: float) -> dict[str, float]:
+    """The size of a model written out (quantlib.packed): model_size_mb is the file's, the
+    computed figure kept as model_size_computed_mb."""
+    return {"model_size_mb": file_mb, "model_size_computed_mb": measured["model_size_mb"],
+            "compression_ratio": measured["fp32_size_mb"] / file_mb if file_mb else 0.0}

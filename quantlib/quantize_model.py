@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
 
+from quantlib import bitwidths
 from quantlib.calibrators import MaxCalibrator, make_calibrator
 from quantlib.configs import DistillQuantConfig, PTQConfig, Q8BertConfig, QATConfig
 from quantlib.fake_quant import TensorQuantizer
@@ -92,7 +93,26 @@ def install_q8bert(model: nn.Module, cfg: Q8BertConfig,
                 q = weight_q()
                 QuantEmbedding.convert(m, q)
                 now.append(q)
+    set_weight_bits(model, cfg)
     return now, later
+
+
+def set_weight_bits(model: nn.Module, cfg: object) -> dict[str, int]:
+    """Give each weight quantizer the bit width `nbits_per_module` assigns its module
+    (quantlib.bitwidths); returns them (empty without nbits_per_module)."""
+    per_module = getattr(cfg, "nbits_per_module", None)
+    if not per_module:
+        return {}
+    qs = {n: m.weight_quantizer for n, m in model.named_modules()
+          if isinstance(getattr(m, "weight_quantizer", None), TensorQuantizer)}
+    missing = bitwidths.unmatched(qs, per_module)
+    if missing:
+        raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
+                         f"{len(qs)} quantized modules (e.g. {next(iter(qs), 'none')})")
+    bits = bitwidths.assign(qs, cfg.nbits, per_module)  # type: ignore[attr-defined]
+    for name, b in bits.items():
+        qs[name].nbits = b
+    return bits
 
 
 # -- FasterTransformer modes (PTQ / QAT) ---------------------------------------------------
@@ -205,6 +225,7 @@ def install_ft(model: nn.Module, cfg: PTQConfig, patterns: tuple[str, ...]) -> d
             convert_residual(m, act_q("add_local_input_quantizer"),
                              act_q("add_residual_input_quantizer"),
                              act_q("layernorm_input_quantizer"))
+    set_weight_bits(model, cfg)
     return {"quantizers": len(quantizers(model))}
 
 
@@ -248,6 +269,7 @@ def install_distill_quant(model: nn.Module, cfg: DistillQuantConfig,
                                 decay=cfg.ema_decay)
         QuantLinear.convert(lin, input=x, weight=w)
         out += [x, w]
+    set_weight_bits(model, cfg)
     return out
 
 
@@ -303,7 +325,7 @@ def summary(model: nn.Module) -> dict[str, float]:
 CALIBRATION_FILE = "calibration.json"
 # what must agree for a checkpoint's amax to serve another job's quantizers
 PLAN_KEYS = ("nbits", "quant_mode", "calibrator", "percentile", "num_calib_batch",
-             "weight_granularity", "narrow_range")
+             "weight_granularity", "narrow_range", "nbits_per_module")
 
 
 def save_calibration(model_dir: str | Path, cfg: PTQConfig) -> None:

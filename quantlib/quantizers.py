@@ -226,7 +226,7 @@ class Pow2Quantizer(TableQuantizer):
 
 
 
-def _sign_patterns(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def sign_patterns(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """All 2**k vectors of +-1, shape (2**k, k)."""
     codes = torch.arange(2 ** k, device=device)
     bits = (codes[:, None] >> torch.arange(k, device=device)) & 1
@@ -249,7 +249,7 @@ def amq_fit(w: torch.Tensor, k: int, cycles: int = 2) -> tuple[torch.Tensor, tor
         b = torch.where(resid >= 0, 1.0, -1.0).to(r.dtype)
         alphas[:, i], signs[:, :, i] = a, b
         resid = resid - a[:, None] * b
-    patterns = _sign_patterns(k, r.dtype, r.device)
+    patterns = sign_patterns(k, r.dtype, r.device)
     eye = torch.eye(k, dtype=r.dtype, device=r.device)
     for _ in range(cycles):
         # fix B, least-squares refit of alpha: (B^T B) alpha = B^T w, per row
@@ -272,11 +272,12 @@ class MultiBitQuantizer(TableQuantizer):
     nbits: int
     cycles: int = 2
     table: torch.Tensor | None = None  # (rows, 2**k) ascending
+    alphas: torch.Tensor | None = None  # (rows, k): table = sorted(alphas @ sign_patterns.T)
 
     def fit(self, w: torch.Tensor) -> MultiBitQuantizer:
-        alphas, _ = amq_fit(w, self.nbits, self.cycles)
-        patterns = _sign_patterns(self.nbits, alphas.dtype, alphas.device)
-        self.table = (alphas @ patterns.T).sort(dim=1).values
+        self.alphas, _ = amq_fit(w, self.nbits, self.cycles)
+        patterns = sign_patterns(self.nbits, self.alphas.dtype, self.alphas.device)
+        self.table = (self.alphas @ patterns.T).sort(dim=1).values
         return self
 
     def scale_bytes(self) -> int:

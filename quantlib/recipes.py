@@ -83,11 +83,12 @@ def inq(ctx: JobContext, cfg: INQConfig) -> StagedTrainer:
     controller.apply_due(None)  # the final partition (1.0) needs no training after it
     controller.remove_hooks()
     summary = controller.summary()
-    if summary["quantized_fraction"] != 1.0 or (
-            summary["max_distinct_values"] > summary["level_limit"]):
+    if summary["quantized_fraction"] != 1.0 or summary["weights_over_level_limit"]:
         raise RuntimeError(f"INQ left the model not fully quantized: {summary}")
     ctx.info.update(summary)
     ctx.codes.update(controller.codes())
+    if ctx.args.export == "onnx":  # the codes for the packed file (quantlib.export_nbits)
+        ctx.grids.update(controller.packed())
     if "scale_rule" in controller.qkw:  # lin, p2: the level sets' scale rule
         ctx.info["inq_scale"] = controller.qkw["scale_rule"]
     return trainer
@@ -150,7 +151,8 @@ def gptq(ctx: JobContext, cfg: GPTQConfig) -> StagedTrainer:
     batches = list(calibration_batches(ctx, cfg.num_calib_batch))
     codes, info, ctx.grids = quantize_layers(
         ctx.model, batches, ctx.args.quantize_modules, cfg.nbits, group_size=cfg.group_size,
-        act_order=cfg.act_order, damp=cfg.damp, block_size=cfg.block_size, sym=cfg.sym)
+        act_order=cfg.act_order, damp=cfg.damp, block_size=cfg.block_size, sym=cfg.sym,
+        nbits_per_module=cfg.nbits_per_module)
     ctx.codes.update(codes)
     ctx.info.update(info, calib_batches=len(batches), gptq_group_size=cfg.group_size,
                     gptq_act_order=cfg.act_order, gptq_damp=cfg.damp,

@@ -265,3 +265,24 @@ def test_staged_runs_get_blocks_by_stage_and_by_their_first_stage_ancestor(tmp_p
     header = [c.value for c in runs[1]]
     assert "sparsity" in header and "eval_exact_match" in header
     assert "upstream_dir" not in header  # the launcher's bookkeeping (quantlib.jobdir.RUN_KEYS)
+
+
+def test_runs_on_different_data_of_one_task_are_not_averaged(tmp_path):
+    """The demo task and its harder variant: one task, two data directories. Each method gets
+    a block per data set, compared with the FP32 block on the same data."""
+    root = tmp_path / "s"
+    for data, fp32, gptq in (("data/SST-2", 0.92, 0.91), ("data/SST-2-hard", 0.77, 0.70)):
+        for seed in (1, 2):
+            base = {"task": "sst2", "data_dir": data, "seed": seed}
+            write_job(root, f"fp32-{data[-4:]}-{seed}", {**base, "method": "fp32"},
+                      {"eval_accuracy": fp32, "eval_pred_classes": 2})
+            write_job(root, f"gptq-{data[-4:]}-{seed}", {**base, "method": "gptq", "nbits": 2},
+                      {"eval_accuracy": gptq, "eval_pred_classes": 2})
+    out = tmp_path / "r.md"
+    assert sweep_cli("collect", str(root), "--to", "md", "-o", str(out)).returncode == 0
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in out.read_text().splitlines() if line.startswith("| ")}
+    easy, hard = "GPTQ (data\\_dir=data/SST-2)", "GPTQ (data\\_dir=data/SST-2-hard)"
+    assert rows[easy][3].startswith("0.9100") and rows[easy][4].startswith("-0.0100")
+    assert rows[hard][3].startswith("0.7000") and rows[hard][4].startswith("-0.0700")
+    assert "FP32 on the same data" in out.read_text()

@@ -115,3 +115,43 @@ configs:
     assert set(data) == {"train", "validation"}
     assert data["train"].column_names == ["text_a", "text_b", "label"]
     assert data["validation"][1] == {"text_a": "a1", "text_b": "b1", "label": 1}
+
+
+def _effective_score(sentence_text: str) -> int:
+    """The demo's label rule read back from the words: a sentiment word counts +-1, negated by
+    a "not" right before it or one intensifier before it."""
+    from quantlib.demo import INTENSIFIERS, NEGATIVE, POSITIVE
+
+    words = sentence_text.split()
+    score = 0
+    for i, w in enumerate(words):
+        if w not in POSITIVE and w not in NEGATIVE:
+            continue
+        p = 1 if w in POSITIVE else -1
+        before = words[max(0, i - 2):i]
+        negated = (before[-1:] == ["not"]) or (len(before) == 2 and before[0] == "not"
+                                               and before[1] in INTENSIFIERS)
+        score += -p if negated else p
+    return score
+
+
+def test_the_harder_demo_variant_puts_words_between_not_and_its_word(tmp_path):
+    """Both variants label by the effective count (read back from the words: all but the few
+    where a filler "not" lands before a sentiment word); the hard one has negations two words
+    away; the default variant draws what it always drew."""
+    import random
+
+    from quantlib.demo import HARD, INTENSIFIERS, sentence, write_glue_tsv
+
+    rng = random.Random(0)
+    easy = [sentence(rng) for _ in range(400)]
+    assert easy[:2] == [("is this not wonderful to rough tone", 0),  # as before the variant
+                        ("in dull delight fine to", 1)]
+    hard = [sentence(random.Random(i), **HARD) for i in range(400)]
+    gaps = sum(any(f"not {w} " in s + " " for w in INTENSIFIERS) for s, _ in hard)
+    assert gaps > 50
+    for variant in (easy, hard):  # a filler "not" may land before a sentiment word: rare
+        agree = sum((_effective_score(t) > 0) == bool(y) for t, y in variant) / len(variant)
+        assert agree > 0.85, agree
+    d = write_glue_tsv(tmp_path / "SST-2-hard", n_train=20, n_dev=5, seed=1, **HARD)
+    assert (d / "train.tsv").read_text().startswith("sentence\tlabel\n")

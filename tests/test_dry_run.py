@@ -160,7 +160,8 @@ def test_dry_run_never_imports_torch(tmp_path, backend):
 
 SEED_STUDIES = {"inq_mrpc": 25, "demo": 32, "q8bert_glue": 9, "distill_quant_glue": 8,
                 "ptq_qat_glue": 100, "ptq_squad_modes": 7, "pruneofa_glue": 16,
-                "distilbert_squad": 2, "sparse_glue": 28}  # + their shared fine-tunings
+                "distilbert_squad": 2, "sparse_glue": 28, "lowbit": 100,
+                "sensitivity": 42}  # + their shared fine-tunings
 
 
 @pytest.mark.parametrize("name", sorted(SEED_STUDIES))

@@ -136,20 +136,19 @@ def test_compare_flags_a_mismatch():
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"method": "lin", "nbits": 8}, "method 'lin' has no 8-bit QDQ form"),
+    ({"method": "fp32"}, "method 'fp32' has no 8-bit QDQ form"),
     ({"method": "q8bert", "nbits": 4}, "the export is 8-bit (int8 QDQ); nbits is 4"),
-    ({"method": "sparse24"}, ", sparse24, magnitude, pruneofa with qat: true, and gptq"),
-    ({"method": "gptq"}, "gptq exports as onnxruntime's MatMulNBits: nbits 4, group_size a "
-                         "power of two >= 16, act_order false (here nbits 4, group_size 0"),
-    ({"method": "gptq", "group_size": 48}, "group_size 48"),
-    ({"method": "gptq", "group_size": 32, "nbits": 3}, "here nbits 3"),
-    ({"method": "gptq", "group_size": 32, "act_order": True}, "act_order True"),
+    ({"method": "sparse24"}, ", sparse24, magnitude, pruneofa with qat: true, and the low-bit "
+                             "methods (packed codes, MatMulNBits): p2, lin, mb, gptq"),
 ])
 def test_what_may_be_exported(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve({"task": "sst2", "export": "onnx", **values})
     resolve({"task": "sst2", "export": "onnx", "method": "sparse24", "qat": True})
-    resolve({"task": "sst2", "export": "onnx", "method": "gptq", "group_size": 32})
+    for low_bit in ({"method": "gptq", "group_size": 48, "nbits": 3, "act_order": True},
+                    {"method": "p2", "nbits": 3}, {"method": "mb", "nbits": 2},
+                    {"method": "lin", "nbits": 1}):  # packed codes at any bit width
+        resolve({"task": "sst2", "export": "onnx", **low_bit})
 
 
 SQUAD_SPEC = """

@@ -302,28 +302,3 @@ def test_matmul_nbits_reads_our_packing_as_we_mean_it(tmp_path):
     col_block = np.arange(k) // block
     w = (codes.astype(np.float32) - zeros[:, col_block]) * scales[:, col_block]
     assert np.allclose(y, a @ w.T, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_the_4bit_export_is_matmul_nbits_and_keeps_the_metric(tmp_path, tiny_model, demo_task):
-    pytest.importorskip("onnxruntime")
-    import onnx
-
-    from jobs import runtime
-
-    out = tmp_path / "sst2_gptq4"
-    config = {"task": "sst2", "method": "gptq", "nbits": 4, "group_size": 16, "export": "onnx",
-              "num_calib_batch": 2, "model_name_or_path": str(tiny_model),
-              "data_dir": str(demo_task), "max_seq_length": 24, "batch_size": 8,
-              "finetune_epochs": 0.25, "max_train_samples": 64, "max_eval_samples": 32,
-              "output_dir": str(out)}
-    (tmp_path / "c.json").write_text(json.dumps(config))
-    assert runtime.main([str(tmp_path / "c.json")]) == 0
-    r = json.loads((out / "eval_results.json").read_text())
-    graph = onnx.load(str(out / "model.onnx")).graph
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulNBits") == r["onnx_nbits_matmuls"] > 0
-    assert r["onnx_format"] == "MatMulNBits" and r["onnx_fp32_matmuls_left"] == 0
-    assert abs(r["onnx_eval_accuracy"] - r["eval_accuracy"]) <= 0.01 and not r["onnx_mismatch"]
-    assert r["onnx_size_mb"] < r["onnx_fp32_size_mb"]
-    assert {"onnx_latency_ms", "onnx_fp32_latency_ms", "onnx_int8_latency_ms"} <= set(r)
