@@ -73,8 +73,8 @@ def allocate(options: Mapping[Group, list[Option]], need: float) -> Plan | None:
                 front.append(state)
                 best = state[1]
         if len(front) > MAX_STATES:
-            raise UserError(f"plan-bits: {len(front)} candidate plans after {len(front)} "
-                            "groups; too many to search exactly")
+            raise UserError(f"plan-bits: {len(front)} candidate plans after "
+                            f"{groups.index(g) + 1} groups; too many to search exactly")
     feasible = [t for t in front if t[0] >= need - EPS]
     if not feasible:
         return None
@@ -109,18 +109,62 @@ def greedy(options: Mapping[Group, list[Option]], need: float) -> Plan | None:
 STUDY_KEYS = {"quantize_modules", "nbits", "nbits_per_module", "seed", "task", "method"}
 
 
-def _base(study: Study) -> dict:
+def _text(value: object) -> str:
+    """A value on one line of plain ASCII (a comment, a name): JSON's escapes, no quotes."""
+    return json.dumps(str(value), ensure_ascii=True)[1:-1]
+
+
+@dataclass
+class Settings:
+    base: dict  # the planned spec's base, less what the plan sets
+    resources: dict | None  # the study spec's resources, as written
+    missing: list[str]  # path settings the results had but no spec copy gave
+
+
+def settings_of(study: Study, spec_text: str | None) -> Settings:
+    """The study's settings for the planned spec: from the study sweep's own spec (its copy in
+    the ledger) where there is one, so no path read from a result file is written; values
+    only the results hold (a single-valued grid axis) from the runs, except paths."""
+    from jobs import safeyaml
+    from jobs.scripts import MAYBE_PATH_KEYS, PATH_KEYS
+    from jobs.spec import parse_spec
     from quantlib.configs import all_keys, defaults
 
+    base: dict = {}
+    resources = None
+    axes: dict = {}
+    if spec_text is not None:
+        try:
+            spec = parse_spec(safeyaml.load(spec_text.encode("utf-8")))
+        except (UserError, ValueError):
+            spec = None
+        if spec is not None:
+            base = {k: v for k, v in spec.base.items() if k not in STUDY_KEYS}
+            raw = spec.raw.get("resources")
+            resources = raw if isinstance(raw, dict) else None
+            grid = spec.raw.get("grid")
+            axes = grid if isinstance(grid, dict) else {}
     known = set(all_keys())
     default = defaults(study.method)
-    return {k: v for k, v in sorted(study.settings.items())
-            if k in known and k not in STUDY_KEYS and default.get(k, object()) != v}
+    missing = []
+    for k, v in sorted(study.settings.items()):
+        if k not in known or k in STUDY_KEYS or k in base or default.get(k, object()) == v:
+            continue
+        if k in PATH_KEYS + MAYBE_PATH_KEYS:
+            axis = axes.get(k)
+            if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], str):
+                base[k] = axis[0]  # the spec's own value (its grid had one)
+            else:
+                missing.append(k)
+            continue
+        base[k] = v
+    return Settings(base, resources, missing)
 
 
 def plan_spec(study: Study, plan: Plan, budget: float, name: str, seeds: list[int],
-              source: str) -> str:
-    """The YAML text of the chosen model's sweep: values written as JSON (valid YAML)."""
+              source: str, settings: Settings) -> str:
+    """The YAML text of the chosen model's sweep: values written as JSON (valid YAML), every
+    comment on one ASCII line."""
     chosen = {g: b for g, b in plan.choice.items() if b is not None}
     counts: dict[int, int] = {}
     for b in chosen.values():
@@ -129,28 +173,34 @@ def plan_spec(study: Study, plan: Plan, budget: float, name: str, seeds: list[in
     patterns = [p for g in chosen for p in g]
     per_module = {p: b for g, b in chosen.items() for p in g if b != nbits}
     size = study.fp32_size_mb - plan.saved
+    metric = _text(study.metric)
     lines = [
-        f"# planned by `sweep plan-bits {source} --budget-mb {budget:g}` from the sensitivity",
-        f"# study of {study.method} on {study.task} ({len(study.groups)} groups x bits "
-        f"{', '.join(map(str, study.bits))}, {study.metric}):",
-        f"# predicted size {size:.4f} MB (budget {budget:g} MB, FP32 {study.fp32_size_mb:.4f}), "
-        f"predicted change of {study.metric} {plan.delta:+.4f} against FP32",
-        "# (the sum of each group's measured change); groups and bits:",
+        f"# planned by `sweep plan-bits {_text(source)} --budget-mb {budget:g}` from the",
+        f"# sensitivity study of {_text(study.method)} on {_text(study.task)} "
+        f"({len(study.groups)} groups x bits {', '.join(map(str, study.bits))}, {metric}):",
+        f"# predicted size {size:.4f} MB (budget {budget:g} MB, FP32 {study.fp32_size_mb:.4f}),",
+        f"# predicted change of {metric} {plan.delta:+.4f} against FP32 (the sum of each "
+        "group's measured change); groups and bits:",
     ]
     for g, b in plan.choice.items():
-        lines.append(f"#   {', '.join(g)}: {b if b is not None else 'FP32'}")
+        lines.append(f"#   {_text(', '.join(g))}: {b if b is not None else 'FP32'}")
+    for k in settings.missing:
+        lines.append(f"# {k}: not written (only the results held it): give it in base")
     lines += [f"name: {json.dumps(name)}", "grid:", f"  task: [{json.dumps(study.task)}]",
               f"  method: [{json.dumps(study.method)}]", f"  seed: {json.dumps(seeds)}",
               "include:                          # the FP32 baseline, a job a seed"]
-    lines += [f"  - {{task: {json.dumps(study.task)}, method: fp32, seed: {s}}}" for s in seeds]
+    lines += [f"  - {{task: {json.dumps(study.task)}, method: fp32, seed: {json.dumps(s)}}}"
+              for s in seeds]
     lines.append("base:")
-    base = _base(study)
+    base = dict(settings.base)
     base["quantize_modules"] = patterns
     if nbits is not None:
         base["nbits"] = nbits
     if per_module:
         base["nbits_per_module"] = per_module
-    lines += [f"  {k}: {json.dumps(v)}" for k, v in base.items()]
+    lines += [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in base.items()]
+    if settings.resources:
+        lines.append(f"resources: {json.dumps(settings.resources)}")
     return "\n".join(lines) + "\n"
 
 
@@ -180,16 +230,21 @@ def plan_bits(paths: list[str], budget: float, output: str | None, metric: str |
     out = Path(output or "planned.yaml")
     if out.exists() or out.is_symlink():
         raise UserError(f"-o {terminal(out)}: exists; give a new file (nothing is overwritten)")
+    from analysis.collect import refuse_own_input
+
+    refuse_own_input(out, collection)
+    members = {r.sweep for r in collection.runs if r.method == study.method}
+    sweep = next((s for s in collection.sweeps if len(members) == 1 and s.name in members),
+                 None)
     seeds = sorted({r.config["seed"] for r in collection.runs
-                    if isinstance(r.config.get("seed"), int) and r.method == study.method
-                    and r.task == study.task}) or [42]
-    sweeps = {r.sweep for r in collection.runs if r.method == study.method}
-    name = f"{sweeps.pop() if len(sweeps) == 1 else 'study'}-plan"
+                    if type(r.config.get("seed")) is int and 0 <= r.config["seed"] < 2 ** 31
+                    and r.method == study.method and r.task == study.task}) or [42]
+    name = f"{sweep.name if sweep else 'study'}-plan"
     if not NAME.fullmatch(name):
         name = "study-plan"
-    source = " ".join(json.dumps(p, ensure_ascii=True)[1:-1] for p in paths)  # one line
-    text = plan_spec(study, plan, budget, name, seeds, source)
-    _check_spec(text, out)
+    settings = settings_of(study, sweep.spec_text if sweep else None)
+    text = plan_spec(study, plan, budget, name, seeds, " ".join(paths), settings)
+    _check_spec(text, out, study, plan)
     write_text(out, text)
     g = greedy(options, need)
     print(terminal(f"{len(study.groups)} groups, bits {', '.join(map(str, study.bits))}: "
@@ -198,20 +253,36 @@ def plan_bits(paths: list[str], budget: float, output: str | None, metric: str |
                    + (f" (greedy: {g.delta:+.4f})" if g else "") + f" -> {out}"))
     for grp, b in plan.choice.items():
         print(terminal(f"  {', '.join(grp)}: {b if b is not None else 'FP32'}"))
+    for k in settings.missing:
+        print(terminal(f"  {k}: not written (only the study's results held it, no spec copy): "
+                       f"give it in {out}'s base"))
     return 0
 
 
-def _check_spec(text: str, out: Path) -> None:
-    """The written spec must load as any spec does (its values came from result files)."""
+def _check_spec(text: str, out: Path, study: Study, plan: Plan) -> None:
+    """The written spec must load and expand as any spec does (its values came from result
+    files), hold only the keys written, and give every planned module its planned bits."""
     import tempfile
 
+    from jobs.grid import expand
     from jobs.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / out.name
         path.write_text(text, encoding="utf-8")
         try:
-            load_spec(str(path))
+            spec = load_spec(str(path))
+            jobs = expand(spec)
         except UserError as e:
             raise UserError(f"plan-bits: the planned spec does not load ({e}); the results' "
                             "settings are not a spec's") from None
+    if set(spec.raw) - {"name", "grid", "include", "base", "resources"}:
+        raise UserError("plan-bits: the planned spec holds keys it should not")
+    want = {p: b for g, b in plan.choice.items() if b is not None for p in g}
+    for job in jobs:
+        if job.config.get("method") != study.method:
+            continue
+        per_module = job.config.get("nbits_per_module") or {}
+        got = {p: per_module.get(p, job.config.get("nbits")) for p in want}
+        if got != want or sorted(job.config.get("quantize_modules", ())) != sorted(want):
+            raise UserError("plan-bits: the planned spec does not give the planned bits")

@@ -88,7 +88,8 @@ class Block:
     title: str
     bits: list[int]
     method: str = ""
-    data: tuple = ()  # the DATA_KEYS that split this method's blocks, (key, value) pairs
+    # per task, the data its runs were measured on (data_of): compared with FP32 on the same
+    data: dict[str, set] = field(default_factory=dict)
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)  # (row label, bits)
     # per EXTRAS key, task and bit width: what the runs recorded of their compressed model
     extras: dict[str, dict[tuple[str, int], list[float]]] = field(default_factory=dict)
@@ -145,6 +146,11 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def data_of(run: Run) -> tuple:
+    """What a run was measured on: its DATA_KEYS' values (hashable)."""
+    return tuple(_hashable(run.config.get(k)) for k in DATA_KEYS)
+
+
 def build_blocks(runs: list[Run]) -> list[Block]:
     done = [r for r in runs if r.state == "completed" and r.metrics]
     configs = lineage_configs(done)
@@ -159,9 +165,9 @@ def build_blocks(runs: list[Run]) -> list[Block]:
             if extra:
                 title += " (" + ", ".join(f"{k}={v}" for k, v in extra) + ")"
             blocks[key] = Block(title, BITS if run.nbits is not None else FP_BITS,
-                                run.method, tuple((k, _hashable(v)) for k, v in extra
-                                                  if k in DATA_KEYS))
+                                run.method)
         block = blocks[key]
+        block.data.setdefault(run.task, set()).add(data_of(run))
         bits = run.nbits if run.nbits is not None else 32
         reason = collapse_reason(run.task, run.metrics)
         for key in EXTRAS:

@@ -47,7 +47,7 @@ def _collect(paths: list[str], to: str, output: str | None,
     if out.is_dir():
         raise UserError(f"-o {terminal(out)}: is a directory (give a file name such as "
                         f"{terminal(out)}/results.{to})")
-    _refuse_own_input(out, collection)
+    refuse_own_input(out, collection)
     try:
         _write(out, to, collection)
     except OSError as exc:  # the file and why, escaped: a path may hold terminal escapes
@@ -56,7 +56,7 @@ def _collect(paths: list[str], to: str, output: str | None,
     return 0
 
 
-def _refuse_own_input(out: Path, collection: Collection) -> None:
+def refuse_own_input(out: Path, collection: Collection) -> None:
     """-o may not name a file collect reads (a job's results, a ledger) nor lie in a job
     directory it collects (the next run, or the next collect, would find it, or it would
     overwrite what the job wrote there): refused before anything is written."""

@@ -220,7 +220,7 @@ class _Reader:
         # no stage: no bookkeeping (a job after a shared fine-tuning has `after`, no stage)
         return Run(out_dir, config, state,
                    metrics, info, reason, sweep=str(own.get("sweep") or ""),
-                   job_id=str(own.get("job_id") or ""))
+                   job_id=str(config.get("job_id") or ""))
 
     def foreign(self, here: Path, names: list[str]) -> Run | None:
         """A directory another tool wrote results into, or None when it holds none."""

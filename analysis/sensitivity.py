@@ -5,21 +5,29 @@ over seeds) and the megabytes the group's quantization saves (FP32 size - the jo
 model_size_mb). collect gives it a sheet (analysis.workbook: group x bits, a colour scale,
 a chart) and `sweep plan-bits` allocates bits from it (analysis.bitplan).
 
-A study is found where runs of one task, method and data set differ in `quantize_modules`
-(two groups or more); where several are, the one with the most runs is taken.
+A study is found where runs of one task, method, data set and settings (all but PER_RUN) differ
+in `quantize_modules` (two groups or more, no pattern in two groups; runs with their own
+`nbits_per_module` are planned models, not measurements); where several are, the one with the
+most runs is taken.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis.blocks import data_of
 from analysis.results import Run
-from quantlib.tasks import TASKS
+from analysis.summary import CHART_METRIC
+from quantlib.bitwidths import PATTERN
+from quantlib.configs import METHODS
 
-CHART_METRIC = {"squad": "f1"}  # else the task's first metric
+# what differs between a study's runs by design, or per job (its fine-tuning's id and path)
+PER_RUN = {"quantize_modules", "nbits", "seed", "after", "finetune_from", "upstream_dir",
+           "stage", "output_dir", "job_id", "sweep", "sweep_dir"}
 
 
 @dataclass
@@ -55,17 +63,21 @@ class Study:
 
 
 def _group(run: Run) -> tuple[str, ...] | None:
+    """The run's one module group, or None: not a list of module patterns (a result file's
+    odd value), or a run with bits of its own per module (a planned model, not a measurement)."""
     value = run.config.get("quantize_modules")
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+    if (not isinstance(value, list) or not value or run.config.get("nbits_per_module")
+            or not all(isinstance(v, str) and PATTERN.fullmatch(v) for v in value)):
         return None
     return tuple(value)
 
 
 def _natural(group: tuple[str, ...]) -> list:
-    """layer.2 before layer.10."""
-    return [[int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)] for p in group]
+    """layer.2 before layer.10 (the split's odd pieces are the ASCII digit runs)."""
+    return [[(0, int(t), "") if i % 2 else (1, 0, t)
+             for i, t in enumerate(re.split(r"([0-9]+)", p))] for p in group]
 
 
 def _finite(x: Any) -> bool:
@@ -73,26 +85,39 @@ def _finite(x: Any) -> bool:
 
 
 def metric_of(task: str) -> str:
+    from quantlib.tasks import TASKS
+
     entry = TASKS.get(task)
     return CHART_METRIC.get(task) or (entry.metrics[0] if entry else "accuracy")
 
 
-def _data(run: Run) -> Any:
-    return (repr(run.config.get("data_dir")), repr(run.config.get("dataset_name")))
+def _setting(run: Run) -> str:
+    """What a study's runs share: their configuration less PER_RUN (data, model, method's
+    arguments), as JSON text."""
+    return json.dumps({k: v for k, v in run.config.items() if k not in PER_RUN},
+                      sort_keys=True, default=str)
+
+
+def _disjoint(groups: set[tuple[str, ...]]) -> bool:
+    patterns = [p for g in groups for p in g]
+    return len(patterns) == len(set(patterns))
 
 
 def find_study(runs: list[Run], metric: str | None = None) -> Study | None:
     done = [r for r in runs if r.state == "completed" and r.metrics]
     candidates: dict[tuple, list[Run]] = {}
     for r in done:
-        if r.nbits is not None and r.method != "fp32" and _group(r) is not None:
-            candidates.setdefault((r.task, r.method, _data(r)), []).append(r)
-    studies = [(k, rs) for k, rs in candidates.items() if len({_group(r) for r in rs}) >= 2]
+        if (r.nbits is not None and r.method in METHODS and r.method != "fp32"
+                and "nbits" in METHODS[r.method].config.__dataclass_fields__
+                and _group(r) is not None):
+            candidates.setdefault((r.task, r.method, data_of(r), _setting(r)), []).append(r)
+    studies = [(k, rs) for k, rs in candidates.items()
+               if len(gs := {_group(r) for r in rs}) >= 2 and _disjoint(gs)]  # type: ignore
     if not studies:
         return None
-    (task, method, data), members = max(studies, key=lambda kv: len(kv[1]))
+    (task, method, data, _), members = max(studies, key=lambda kv: len(kv[1]))
     name = metric or metric_of(task)
-    base = [r for r in done if r.method == "fp32" and r.task == task and _data(r) == data
+    base = [r for r in done if r.method == "fp32" and r.task == task and data_of(r) == data
             and _finite(r.metrics.get(name))]
     if not base:
         return None

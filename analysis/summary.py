@@ -135,6 +135,15 @@ def _plottable(value: float | None) -> bool:
     return _finite(value) and abs(value) <= PLOT_LIMIT  # type: ignore[arg-type]
 
 
+def own_fp32(blk: Block, task: str, fp32: list[Block]) -> Block | None:
+    """The FP32 block measured on the same data as blk's runs of the task (the first such);
+    none when FP32 ran on other data only."""
+    if blk.method == "fp32":
+        return blk
+    seen = blk.data.get(task)
+    return next((b for b in fp32 if b.data.get(task) == seen), None)
+
+
 def summarize(blocks: list[Block]) -> list[TaskSummary]:
     tasks = [t for t, _, _ in ROWS]
     out: list[TaskSummary] = []
@@ -146,11 +155,10 @@ def summarize(blocks: list[Block]) -> list[TaskSummary]:
         fp32 = [blk for blk in blocks if blk.method == "fp32"
                 and any((label, 32) in blk.cells for label in labels)]
         baseline = fp32[0] if fp32 else None
-        by_data = {blk.data: blk for blk in reversed(fp32)}  # the first of equal data wins
         rows: list[Row] = []
         # the FP32 baseline first, then the methods in the measurements sheet's order
         for blk in sorted(blocks, key=lambda b: b.method != "fp32"):
-            own = by_data.get(blk.data, baseline)  # FP32 on the same data set
+            own = own_fp32(blk, task, fp32)
             for bits in sorted(blk.bits, reverse=True):
                 stats: dict[str, Stat] = {}
                 for label in labels:
@@ -168,9 +176,9 @@ def summarize(blocks: list[Block]) -> list[TaskSummary]:
                               if (v := by.get((task, bits)))}
                     rows.append(Row(blk.title, blk.method, bits, stats, extras))
         entry = TASKS.get(task)
-        named = (baseline.title if len(by_data) < 2 else
-                 "FP32 on the same data (" + "; ".join(b.title for b in fp32
-                                                      if by_data.get(b.data) is b) + ")"
+        datasets = {frozenset(b.data.get(task, ())) for b in fp32}
+        named = (baseline.title if len(datasets) < 2 else
+                 "FP32 on the same data (" + "; ".join(b.title for b in fp32) + ")"
                  ) if baseline else None
         summary = TaskSummary(task, entry.display if entry else task, labels, rows, named)
         _chart(summary, blocks, entry.metrics if entry else ())

@@ -3,6 +3,7 @@ CPU: what `method: gptq` with `export: onnx` measures in a job, on a model the s
 one.
 
     python benchmarks/gptq_onnx_bench.py [--seq 128] [--group 128] [--threads 2]
+    python benchmarks/gptq_onnx_bench.py --device cuda --calib-only   (benchmarks/gpu.sh)
 
 BERT-base (12 layers x 768, random init), GPTQ of the encoder Linears at 4 bits in groups of
 --group columns from 4 random batches of 8 x --seq tokens (quantlib.gptq.quantize_layers, as
@@ -33,17 +34,30 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--group", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="where GPTQ runs (cuda: benchmarks/gpu.sh)")
+    p.add_argument("--calib-only", action="store_true",
+                   help="time GPTQ's calibration and stop (no ONNX)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
+    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval().to(args.device)
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(1000, 30000, (8, args.seq), generator=g),
                 "attention_mask": torch.ones(8, args.seq, dtype=torch.long)} for _ in range(4)]
+    batches_dev = [{k: v.to(args.device) for k, v in b.items()} for b in batches]
     start = time.perf_counter()
-    _, info, grids = quantize_layers(model, batches, ("*encoder.layer.*",), 4,
+    _, info, grids = quantize_layers(model, batches_dev, ("*encoder.layer.*",), 4,
                                      group_size=args.group)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
     gptq_s = time.perf_counter() - start
+    if args.calib_only:
+        print(f"GPTQ of {int(info['gptq_layers'])} BERT-base Linears at 4 bits, groups of "
+              f"{args.group}, from 4 batches of 8 x {args.seq} tokens on {args.device}: "
+              f"{gptq_s:.1f} s (output error {info['gptq_error_vs_rtn']:.2f}x "
+              "round-to-nearest's)")
+        return
+    model = model.cpu()
     names = ["input_ids", "attention_mask", "token_type_ids"]
     feed = {"input_ids": batches[0]["input_ids"][:1].numpy(),
             "attention_mask": batches[0]["attention_mask"][:1].numpy(),

@@ -6,7 +6,8 @@
 # Installs what is missing beside the machine's PyTorch (from .whl/*.whl when the machine has no
 # package registry, else from PyPI), then runs on BERT-base shapes: the QAT training step of each
 # method vs FP32, INQ partitions (level-set fit + top-k freeze for lin/p2/mb), 2:4 / magnitude
-# masks and the pattern-locked step, training throughput in fp32 / fp16 / bf16, and a 3-job local
+# masks and the pattern-locked step, training throughput in fp32 / fp16 / bf16, GPTQ's calibration
+# time, and a 3-job local
 # sweep through `sweep launch --backend local` (each job pinned with CUDA_VISIBLE_DEVICES, the
 # device each job trained on read back from its results). Figures go to RESULT.md (default
 # $OUT/gpu_results.md when OUT is set, else benchmarks/gpu_results.md) as Markdown, each section
@@ -73,6 +74,8 @@ section "Sparsity: 2:4 and magnitude masks, pattern-locked step (BERT-base)" 90 
   "$PY" benchmarks/sparsity_bench.py --device cuda --steps 10
 section "Training throughput fp32 / fp16 / bf16 (BERT-base, batch 32 × 128)" 90 \
   "$PY" benchmarks/train_throughput.py --device cuda --batch 32 --steps 20
+section "GPTQ calibration: 72 BERT-base Linears, 4 bits, groups of 128" 120 \
+  "$PY" benchmarks/gptq_onnx_bench.py --device cuda --calib-only
 
 # a 3-job local sweep: pinned GPUs, and the device each job trained on, read from its results
 sweep_dir=$work/sweep

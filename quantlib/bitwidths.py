@@ -71,6 +71,16 @@ def unmatched(names: Iterable[str], per_module: Mapping[str, int] | None) -> lis
             if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
+def require_matched(names: Iterable[str], per_module: Mapping[str, int] | None) -> None:
+    """ValueError naming the patterns that match none of the quantized modules."""
+    names = list(names)
+    missing = unmatched(names, per_module)
+    if missing:
+        raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
+                         f"{len(names)} quantized modules (e.g. "
+                         f"{names[0] if names else 'none'})")
+
+
 def module_of(weight_name: str) -> str:
     """`bert.encoder.layer.0.output.dense.weight` -> its module's name."""
     return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else weight_name

@@ -51,15 +51,15 @@ BLOCKS = (128, 64, 32, 16)  # MatMulNBits block sizes tried, largest first
 
 def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
     """(N, M) values < 2^bits -> uint8 (N, ceil(M * bits / 8)), 8 / bits values a byte, the
-    first in the low bits (bits 2, 4 or 8)."""
+    first in the low bits (bits 2, 4 or 8): each row padded to whole bytes, then the packed
+    file's bit stream (quantlib.packed.pack_bits)."""
+    import torch
+
     per = 8 // bits
     n, m = values.shape
     padded = np.zeros((n, -(-m // per) * per), np.uint8)
     padded[:, :m] = values
-    out = np.zeros((n, padded.shape[1] // per), np.uint8)
-    for j in range(per):
-        out |= (padded[:, j::per] << (bits * j)).astype(np.uint8)
-    return out
+    return packed.pack_bits(torch.from_numpy(padded), bits).numpy().reshape(n, -1)
 
 
 def pack_codes(codes: np.ndarray, block: int, bits: int = 4) -> np.ndarray:
@@ -111,8 +111,10 @@ def kernel_bits() -> frozenset[int]:
              numpy_helper.from_array(pack_zero_points(zeros, bits), "w_zero_points")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                         helper.make_opsetid("com.microsoft", 1)])
+        quiet = ort.SessionOptions()
+        quiet.log_severity_level = 4  # a refused bit width is an answer, not an error to log
         try:
-            sess = ort.InferenceSession(model.SerializeToString(),
+            sess = ort.InferenceSession(model.SerializeToString(), quiet,
                                         providers=["CPUExecutionProvider"])
             (y,) = sess.run(None, {"A": a})
         except Exception:  # noqa: BLE001 (onnxruntime raises its own kinds): no kernel
@@ -138,8 +140,7 @@ def block_for(grid: Packed, kernels: frozenset[int]) -> int | None:
 
 
 def no_kernel_reason(grids: dict[str, Packed], kernels: frozenset[int]) -> str:
-    kinds = sorted({f"{g.encoding} {g.bits}-bit" for g in grids.values()})
-    return (f"no onnxruntime kernel for {', '.join(kinds)} (MatMulNBits: affine grids at "
+    return (f"no onnxruntime kernel for {encodings(grids)} (MatMulNBits: affine grids at "
             f"{', '.join(map(str, sorted(kernels))) or 'no'} bits, groups a multiple of 16 "
             f"columns in order)")
 
@@ -261,8 +262,12 @@ def run(ctx: Any, results: dict[str, float]) -> dict[str, Any]:
     params = dict(ctx.model.named_parameters())
     weights = {n: params[n].detach().float().cpu().numpy() for n in ctx.grids}
     rewritten, left = to_matmul_nbits(fp32_path, nbits_path, ctx.grids, weights, kernels)
-    if not rewritten:
-        raise ExportError("export onnx: no MatMul of the export holds a quantized weight")
+    if not rewritten:  # e.g. only Linears the exporter writes as Gemm: the packed file only
+        nbits_path.unlink(missing_ok=True)
+        info.update(onnx_format="none", onnx_note="no MatMul of the ONNX export holds a "
+                    "quantized weight (Gemm only): the packed codes and scales only")
+        print(f"quantlib.export: {info['onnx_note']}, {packed.FILE}", flush=True)
+        return info
     tmp = int8_path.with_name(f".{int8_path.name}.tmp")
     quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8)
     tmp.replace(int8_path)

@@ -257,10 +257,7 @@ def quantize_layers(model: nn.Module, batches: list[dict], patterns: Iterable[st
     round-to-nearest on the same grids and their ratio) and each weight's grid (its codes,
     scales and zero points: quantlib.packed, for the export)."""
     linears = select_linears(model, patterns, required=True)
-    missing = bitwidths.unmatched(linears, nbits_per_module)
-    if missing:
-        raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
-                         f"{len(linears)} quantized Linears (e.g. {next(iter(linears))})")
+    bitwidths.require_matched(linears, nbits_per_module)
     bits = bitwidths.assign(linears, nbits, nbits_per_module)  # each layer's (mixed precision)
     device = next(model.parameters()).device
     inputs = [{k: v.to(device) for k, v in b.items()

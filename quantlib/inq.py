@@ -46,10 +46,7 @@ class INQController(StageCallback):
         self.mode, self.qkw = quantizer_for(cfg)
         self.weights = weights
         modules = {bitwidths.module_of(n): n for n in weights}
-        missing = bitwidths.unmatched(modules, cfg.nbits_per_module)
-        if missing:
-            raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
-                             f"{len(modules)} quantized modules (e.g. {next(iter(modules))})")
+        bitwidths.require_matched(modules, cfg.nbits_per_module)
         self.bits = {modules[m]: b for m, b in
                      bitwidths.assign(modules, cfg.nbits, cfg.nbits_per_module).items()}
         self.stages = stages

@@ -34,9 +34,9 @@ from quantlib.quantizers import (
     MultiBitQuantizer,
     Pow2Quantizer,
     Quantizer,
+    mb_levels,
     nearest_index,
     p2_table,
-    sign_patterns,
 )
 
 FILE = "model_packed.safetensors"
@@ -84,8 +84,7 @@ class Packed:
         if self.encoding == "p2":
             table = p2_table(self.scales.float(), self.bits)
             return torch.gather(table.expand(c.shape[0], -1), 1, c)
-        alphas = self.scales.float()
-        levels = alphas @ sign_patterns(self.bits, alphas.dtype, alphas.device).T
+        levels = mb_levels(self.scales.float())
         return torch.gather(levels.expand(c.shape[0], -1), 1, c)
 
     def stored_bytes(self) -> int:
@@ -99,8 +98,21 @@ def _rows(w: torch.Tensor) -> torch.Tensor:
     return w.detach().reshape(w.shape[0], -1).float()
 
 
+def _on_cpu(grid: Packed) -> Packed:
+    """The codes are for the file and the exporter: on the CPU whatever device trained."""
+    for name in ("codes", "scales", "zeros", "perm"):
+        value = getattr(grid, name)
+        if value is not None:
+            setattr(grid, name, value.detach().cpu())
+    return grid
+
+
 def from_inq(q: Quantizer, w: torch.Tensor) -> Packed:
     """The codes of a weight INQ has fully quantized with `q` (its values are q's levels)."""
+    return _on_cpu(_from_inq(q, w))
+
+
+def _from_inq(q: Quantizer, w: torch.Tensor) -> Packed:
     r = _rows(w)
     if isinstance(q, LinearQuantizer):
         assert q.scale is not None
@@ -121,8 +133,7 @@ def from_inq(q: Quantizer, w: torch.Tensor) -> Packed:
             raise PackedError("a multi-bit quantizer fitted without its alphas (an older "
                               "checkpoint) cannot be packed")
         alphas = q.alphas.float()
-        values = alphas @ sign_patterns(q.nbits, alphas.dtype, alphas.device).T
-        ordered, order = values.sort(dim=1)
+        ordered, order = mb_levels(alphas).sort(dim=1)
         code = torch.gather(order, 1, nearest_index(r, ordered))
         return Packed("mb", q.nbits, code.to(torch.uint8), alphas)
     raise TypeError(f"no packed form for {type(q).__name__}")
@@ -130,9 +141,9 @@ def from_inq(q: Quantizer, w: torch.Tensor) -> Packed:
 
 def from_gptq(result, bits: int, group_size: int, perm: torch.Tensor | None = None) -> Packed:
     """GPTQ's grid (quantlib.gptq.Result): its codes, a scale and zero point per row and group."""
-    return Packed("affine", bits, result.codes.to(torch.uint8), result.scales.float(),
-                  result.zeros.round().to(torch.uint8), group_size if result.groups > 1 else 0,
-                  perm)
+    return _on_cpu(Packed("affine", bits, result.codes.to(torch.uint8), result.scales.float(),
+                          result.zeros.round().to(torch.uint8),
+                          group_size if result.groups > 1 else 0, perm))
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -220,10 +231,13 @@ def read(path: Path) -> dict[str, torch.Tensor]:
         cols = 1
         for s in shape[1:]:
             cols *= s
-        codes = unpack_bits(tensors[f"{name}:codes"], bits, rows * cols).reshape(rows, cols)
-        grid = Packed(encoding, bits, codes, tensors[f"{name}:scales"],
-                      tensors.get(f"{name}:zeros"), group, tensors.get(f"{name}:perm"))
-        out[name] = grid.values().reshape(shape)
+        try:
+            codes = unpack_bits(tensors[f"{name}:codes"], bits, rows * cols).reshape(rows, cols)
+            grid = Packed(encoding, bits, codes, tensors[f"{name}:scales"],
+                          tensors.get(f"{name}:zeros"), group, tensors.get(f"{name}:perm"))
+            out[name] = grid.values().reshape(shape)
+        except (KeyError, RuntimeError, IndexError, AssertionError) as e:
+            raise PackedError(f"{path}: {name}: its codes and scales do not fit ({e})") from None
     return out
 
 

@@ -105,10 +105,7 @@ def set_weight_bits(model: nn.Module, cfg: object) -> dict[str, int]:
         return {}
     qs = {n: m.weight_quantizer for n, m in model.named_modules()
           if isinstance(getattr(m, "weight_quantizer", None), TensorQuantizer)}
-    missing = bitwidths.unmatched(qs, per_module)
-    if missing:
-        raise ValueError(f"nbits_per_module: {', '.join(missing)} matches none of the "
-                         f"{len(qs)} quantized modules (e.g. {next(iter(qs), 'none')})")
+    bitwidths.require_matched(qs, per_module)
     bits = bitwidths.assign(qs, cfg.nbits, per_module)  # type: ignore[attr-defined]
     for name, b in bits.items():
         qs[name].nbits = b

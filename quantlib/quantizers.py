@@ -233,6 +233,15 @@ def sign_patterns(k: int, dtype: torch.dtype, device: torch.device) -> torch.Ten
     return (bits * 2 - 1).to(dtype)
 
 
+def mb_levels(alphas: torch.Tensor) -> torch.Tensor:
+    """The 2**k values sum_i +-alpha_i of each row (rows x k -> rows x 2**k, pattern order:
+    bit i of the column index is the sign of alpha_i), summed in float64 and rounded once, so
+    the fit, the packed file's decoder and any device give the same float32 values."""
+    k = alphas.shape[1]
+    patterns = sign_patterns(k, torch.float64, alphas.device)
+    return (alphas.double() @ patterns.T).to(alphas.dtype)
+
+
 def amq_fit(w: torch.Tensor, k: int, cycles: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating multi-bit quantization of each row of w (rows x n).
 
@@ -272,12 +281,11 @@ class MultiBitQuantizer(TableQuantizer):
     nbits: int
     cycles: int = 2
     table: torch.Tensor | None = None  # (rows, 2**k) ascending
-    alphas: torch.Tensor | None = None  # (rows, k): table = sorted(alphas @ sign_patterns.T)
+    alphas: torch.Tensor | None = None  # (rows, k): table = sorted(mb_levels(alphas))
 
     def fit(self, w: torch.Tensor) -> MultiBitQuantizer:
         self.alphas, _ = amq_fit(w, self.nbits, self.cycles)
-        patterns = sign_patterns(self.nbits, self.alphas.dtype, self.alphas.device)
-        self.table = (self.alphas @ patterns.T).sort(dim=1).values
+        self.table = mb_levels(self.alphas).sort(dim=1).values
         return self
 
     def scale_bytes(self) -> int:

@@ -76,11 +76,28 @@ DELTAS = {GROUPS[0]: {2: -0.004, 3: -0.001, 4: 0.0}, GROUPS[1]: {2: -0.060, 3: -
 FP32_MB, GROUP_MB = 1.0, 0.1
 
 
+SPEC = """
+name: sens
+grid:
+  task: [sst2]
+  method: [gptq]
+  nbits: [2, 3, 4]
+  quantize_modules: [["*layer.0.attention.*"], ["*layer.1.attention.*"]]
+base:
+  data_dir: data/SST-2-hard
+  model_name_or_path: runs/demo-assets/model
+  learning_rate: 1.0e-3
+  finetune_epochs: 20
+resources: {gpus: 1, cpus: 4}
+"""
+
+
 @pytest.fixture
 def study_dir(tmp_path):
     root = tmp_path / "runs" / "sens"
-    base = {"task": "sst2", "data_dir": "data/SST-2-hard", "learning_rate": 1e-3,
-            "model_name_or_path": "runs/demo-assets/model", "finetune_epochs": 20.0}
+    # the results hold the launcher's absolute paths; the spec copy its own
+    base = {"task": "sst2", "data_dir": "/abs/data/SST-2-hard", "learning_rate": 1e-3,
+            "model_name_or_path": "/abs/runs/demo-assets/model", "finetune_epochs": 20.0}
     for seed in (1, 2):
         write_job(root, f"fp32-{seed}", {**base, "method": "fp32", "seed": seed},
                   {"eval_accuracy": 0.80 + seed * 0.01, "fp32_size_mb": FP32_MB,
@@ -96,6 +113,15 @@ def study_dir(tmp_path):
     # a result tree's hostile entries are not groups
     write_job(root, "odd", {**base, "method": "gptq", "nbits": 2, "seed": 1,
                             "quantize_modules": {"$(x)": 1}}, {"eval_accuracy": 0.1})
+    write_job(root, "inject", {**base, "method": "gptq", "nbits": 2, "seed": 1,
+                               "quantize_modules": ["*x*\nsweep_dir: /tmp/EVIL\n#"]},
+              {"eval_accuracy": 0.8, "fp32_size_mb": FP32_MB, "model_size_mb": 0.5})
+    write_job(root, "planned", {**base, "method": "gptq", "nbits": 2, "seed": 1,
+                                "quantize_modules": ["*layer.0.*"],
+                                "nbits_per_module": {"*layer.0.*": 3}},
+              {"eval_accuracy": 0.8, "fp32_size_mb": FP32_MB, "model_size_mb": 0.5})
+    (root / "ledger.json").write_text(json.dumps({"sweep": "sens", "spec": "sens.yaml",
+                                                  "spec_text": SPEC, "jobs": {}}))
     return root
 
 
@@ -139,7 +165,11 @@ def test_plan_bits_writes_the_planned_spec_and_never_overwrites(study_dir, tmp_p
     assert sorted(config["quantize_modules"]) == sorted(chosen)
     for pattern, b in chosen.items():
         assert config.get("nbits_per_module", {}).get(pattern, config["nbits"]) == b
+    # settings from the study's own spec (its copy in the ledger), not the results' paths
     assert config["learning_rate"] == 1e-3 and config["data_dir"] == "data/SST-2-hard"
+    assert config["model_name_or_path"] == "runs/demo-assets/model"
+    assert spec.raw["resources"] == {"gpus": 1, "cpus": 4} and spec.name == "sens-plan"
+    assert "EVIL" not in out.read_text() and len(planned.choice) == 4
     again = sweep_cli("plan-bits", str(study_dir), "--budget-mb", "0.97", "-o", str(out))
     assert again.returncode == 2 and "exists; give a new file" in again.stderr
     small = sweep_cli("plan-bits", str(study_dir), "--budget-mb", "0.5", "-o",
@@ -150,3 +180,14 @@ def test_plan_bits_writes_the_planned_spec_and_never_overwrites(study_dir, tmp_p
     write_job(plain, "fp32", {"task": "sst2", "method": "fp32"}, {"eval_accuracy": 0.8})
     none = sweep_cli("plan-bits", str(plain), "--budget-mb", "1")
     assert none.returncode == 2 and "no sensitivity study found" in none.stderr
+
+
+def test_without_the_spec_copy_no_path_from_the_results_is_written(study_dir, tmp_path):
+    (study_dir / "ledger.json").unlink()
+    out = tmp_path / "p.yaml"
+    proc = sweep_cli("plan-bits", str(study_dir), "--budget-mb", "0.9", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "data_dir: not written (only the study's results held it" in proc.stdout
+    text = out.read_text()
+    assert "/abs/" not in text and "# data_dir: not written" in text
+    assert '"learning_rate": 0.001' in text  # not a path: from the runs

@@ -286,3 +286,26 @@ def test_runs_on_different_data_of_one_task_are_not_averaged(tmp_path):
     assert rows[easy][3].startswith("0.9100") and rows[easy][4].startswith("-0.0100")
     assert rows[hard][3].startswith("0.7000") and rows[hard][4].startswith("-0.0700")
     assert "FP32 on the same data" in out.read_text()
+
+
+def test_a_delta_is_only_against_fp32_on_the_same_data(tmp_path):
+    """FP32 on data A only, GPTQ on A and B: B's rows get no delta (not A's FP32); FP32 on A
+    and B, GPTQ on B only: its delta is against B's FP32."""
+    for fp32_on, gptq_on, want in ((["A"], ["A", "B"], {"A": "-0.0100", "B": ""}),
+                                   (["A", "B"], ["B"], {"B": "-0.0100"})):
+        root = tmp_path / f"s{len(fp32_on)}{len(gptq_on)}"
+        acc = {"A": 0.92, "B": 0.77}
+        for d in fp32_on:
+            write_job(root, f"fp32-{d}", {"task": "sst2", "method": "fp32", "data_dir": d},
+                      {"eval_accuracy": acc[d], "eval_pred_classes": 2})
+        for d in gptq_on:
+            write_job(root, f"gptq-{d}", {"task": "sst2", "method": "gptq", "nbits": 2,
+                                          "data_dir": d},
+                      {"eval_accuracy": acc[d] - 0.01, "eval_pred_classes": 2})
+        out = root.with_suffix(".md")
+        assert sweep_cli("collect", str(root), "--to", "md", "-o", str(out)).returncode == 0
+        lines = [line.split(" | ") for line in out.read_text().splitlines()
+                 if line.startswith("| GPTQ")]
+        got = {cols[0].rsplit("=", 1)[-1].rstrip(")") if "=" in cols[0] else gptq_on[0]:
+               cols[4].strip(" |") for cols in lines}
+        assert got == want, out.read_text()
