@@ -365,9 +365,11 @@ def job_state(entry: dict[str, Any], sched: str | None,
     status = (read_status(out) if out is not None else None) or {}
     file_state, file_reason = status.get("state"), status.get("reason")
     written, submitted = _epoch(status.get("updated")), _epoch(entry.get("submitted"))
-    if written is not None and submitted is not None and written < submitted:
+    if written is not None and submitted is not None and written <= submitted:
         # the marker of an attempt before the latest submission: the rerun has not started yet
-        # (and the scheduler may not list it yet), so the old failure says nothing about it
+        # (and the scheduler may not list it yet), so the old failure says nothing about it.
+        # Stamps are whole seconds, and the ledger's is taken after the submission returned:
+        # a marker of the same second is the old attempt's (a job takes longer to start)
         file_state = None
     if sched is not None and sched.startswith(UNSURE):
         # the scheduler did not say: only what is final on disk counts (a job that wrote

@@ -477,3 +477,23 @@ def test_an_entry_without_an_output_dir_never_reads_the_current_directory(tmp_pa
         "failed", "scheduler: FAILED")
     assert elapsed({"backend": "slurm"}) == "-"
 
+
+
+@pytest.mark.parametrize("sched,want", [("RUNNING", "running"), ("PENDING", "pending"),
+                                        ("FAILED", "failed")])
+def test_a_failure_marker_of_the_resubmissions_second_is_the_old_attempts(tmp_path, sched,
+                                                                          want):
+    """A relaunch resubmits a failed job within the second its first attempt failed (stamps are
+    whole seconds; the ledger's is taken after the submission): while the rerun has not
+    written its own marker, the old `failed` does not speak for it (the scheduler does); once
+    the scheduler says it ended, a job that left no newer marker has failed."""
+    from quantlib.jobdir import job_state, write_status
+
+    out = tmp_path / "job"
+    out.mkdir()
+    write_status(out, "failed", reason="data_dir missing")
+    stamp = json.loads((out / "status.json").read_text())["updated"]
+    entry = {"state": "submitted", "backend": "lsf", "scheduler_id": "7",
+             "output_dir": str(out), "submitted": stamp}
+    state, _ = job_state(entry, sched)
+    assert state == want
