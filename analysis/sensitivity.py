@@ -136,7 +136,9 @@ def find_study(runs: list[Run], metric: str | None = None) -> Study | None:
             groups.append(g)
         cell = cells.setdefault((g, r.nbits), Measurement())
         cell.deltas.append(float(value) - fp32)
-        size = r.info.get("model_size_mb")
+        # the formula's size where the job wrote its packed file (whose header each group's
+        # job counts once: summed over groups it would be counted again and again)
+        size = r.info.get("model_size_computed_mb", r.info.get("model_size_mb"))
         if _finite(size) and _finite(r.info.get("fp32_size_mb")):
             cell.saved_mb.append(float(r.info["fp32_size_mb"]) - float(size))
     if len(groups) < 2:

@@ -104,12 +104,14 @@ def study_dir(tmp_path):
                    "model_size_mb": FP32_MB, "eval_pred_classes": 2})
         for i, g in enumerate(GROUPS):
             for b, d in DELTAS[g].items():
+                size = FP32_MB - GROUP_MB * (1 - b / 32)
+                packed = {"model_size_mb": size + 0.004, "model_size_computed_mb": size} \
+                    if seed == 2 else {"model_size_mb": size}  # export: onnx: the file's size
                 write_job(root, f"g{i}-{b}-{seed}",
                           {**base, "method": "gptq", "nbits": b, "seed": seed,
                            "quantize_modules": list(g), "group_size": 0},
                           {"eval_accuracy": 0.80 + seed * 0.01 + d, "fp32_size_mb": FP32_MB,
-                           "model_size_mb": FP32_MB - GROUP_MB * (1 - b / 32),
-                           "eval_pred_classes": 2})
+                           **packed, "eval_pred_classes": 2})
     # a result tree's hostile entries are not groups
     write_job(root, "odd", {**base, "method": "gptq", "nbits": 2, "seed": 1,
                             "quantize_modules": {"$(x)": 1}}, {"eval_accuracy": 0.1})
