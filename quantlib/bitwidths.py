@@ -85,12 +85,3 @@ def module_of(weight_name: str) -> str:
     """`bert.encoder.layer.0.output.dense.weight` -> its module's name."""
     return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else weight_name
 
-
-def summary(bits: Mapping[str, int]) -> dict[str, float]:
-    """What a job records of its bit widths: the mean over its quantized modules, and the
-    fewest and most."""
-    if not bits:
-        return {}
-    values = list(bits.values())
-    return {"nbits_mean": sum(values) / len(values), "nbits_min": float(min(values)),
-            "nbits_max": float(max(values))}
